@@ -1,0 +1,217 @@
+/// @file eigen.hpp
+/// @brief The Eigen backend: the default CPU backend. Vectorized loops, Eigen::Map for BLAS, OpenMP.
+///
+/// Buffers are rlhf::host_buffer (64-byte aligned), viewed through Eigen::Map where Eigen does the work
+/// (gemm and the specialized kernels under backends/eigen/). Element maps are plain loops the compiler
+/// vectorizes; loops are split across OpenMP threads when the library is compiled with OpenMP
+/// (the rlhf::eigen CMake target links OpenMP when it is found).
+///
+/// Reductions are deterministic and independent of the thread count: the input is cut into fixed
+/// blocks of `reduce_block` elements, each block is folded left to right, and the block results are
+/// folded in block order.
+#pragma once
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include "rlhf/backends/concepts.hpp"
+#include "rlhf/backends/host_buffer.hpp"
+#include "rlhf/backends/reference.hpp"
+#include "rlhf/backends/view.hpp"
+
+#if !EIGEN_VERSION_AT_LEAST(3, 4, 0)
+#error "rlhf::eigen_backend needs Eigen 3.4 or newer (Debian: apt-get install libeigen3-dev)."
+#endif
+
+namespace rlhf::backends {
+
+/// The Eigen backend. Satisfies rlhf::complete_backend. A copyable handle holding the thread count.
+struct eigen_backend {
+  using memory_space = host_space;
+  template <class T>
+  using buffer = host_buffer<T>;
+  static constexpr const char* name = "eigen";
+
+  /// Elements per reduction block; fixes the summation order (see the file comment).
+  static constexpr std::size_t reduce_block = 4096;
+  /// Below this many elements (or rows x cols work) loops stay on the calling thread.
+  static constexpr std::size_t parallel_threshold = 1 << 15;
+
+  /// Threads for parallel loops; 0 means OpenMP's default (OMP_NUM_THREADS or the core count).
+  int num_threads = 0;
+
+  eigen_backend() = default;
+  explicit eigen_backend(int threads) : num_threads(threads) {}
+
+  /// The number of threads parallel loops use.
+  int threads() const {
+#if defined(_OPENMP)
+    return num_threads > 0 ? num_threads : omp_get_max_threads();
+#else
+    return 1;
+#endif
+  }
+
+  /// Runs body(begin, end) over [0, n) split into `chunks` contiguous ranges, possibly concurrently.
+  template <class Body>
+  void parallel_ranges(std::size_t n, std::size_t work, Body body) const {
+    const int t = threads();
+    if (t <= 1 || work < parallel_threshold || n < 2) {
+      body(std::size_t(0), n);
+      return;
+    }
+#if defined(_OPENMP)
+    const std::ptrdiff_t chunks = static_cast<std::ptrdiff_t>(std::min<std::size_t>(n, static_cast<std::size_t>(t)));
+#pragma omp parallel for schedule(static) num_threads(t)
+    for (std::ptrdiff_t k = 0; k < chunks; ++k) {
+      const std::size_t begin = n * static_cast<std::size_t>(k) / static_cast<std::size_t>(chunks);
+      const std::size_t end = n * static_cast<std::size_t>(k + 1) / static_cast<std::size_t>(chunks);
+      body(begin, end);
+    }
+#else
+    body(std::size_t(0), n);
+#endif
+  }
+
+  template <class T>
+  buffer<T> allocate(std::size_t rows, std::size_t cols) const {
+    return buffer<T>(rows, cols);
+  }
+
+  template <class T>
+  void copy(std::type_identity_t<vector_view<const T, host_space>> src, vector_view<T, host_space> dst) const {
+    detail::check_same_sizes("rlhf::eigen_backend::copy", src.size, dst.size);
+    if (src.size != 0 && src.data != dst.data) std::memmove(dst.data, src.data, src.size * sizeof(T));
+  }
+
+  template <class T, class U>
+  void fill(vector_view<T, host_space> v, U value) const {
+    const T x = static_cast<T>(value);
+    parallel_ranges(v.size, v.size, [&](std::size_t b, std::size_t e) { std::fill(v.data + b, v.data + e, x); });
+  }
+
+  void synchronize() const {}
+
+  template <class Out, class F, class... In>
+  void transform(vector_view<Out, host_space> out, F f, vector_view<In, host_space>... in) const {
+    detail::check_same_sizes("rlhf::eigen_backend::transform", out.size, in.size...);
+    parallel_ranges(out.size, out.size, [&](std::size_t b, std::size_t e) {
+      Out* __restrict o = out.data;
+#if defined(_OPENMP)
+#pragma omp simd
+#endif
+      for (std::size_t i = b; i < e; ++i) o[i] = f(in.data[i]...);
+    });
+  }
+
+  template <class F>
+  void for_each_index(std::size_t n, F f) const {
+    parallel_ranges(n, n, [&](std::size_t b, std::size_t e) {
+      for (std::size_t i = b; i < e; ++i) f(i);
+    });
+  }
+
+  template <class Acc, class Op, class F, class In0, class... In>
+  Acc transform_reduce(Acc init, Op op, F f, vector_view<In0, host_space> in0, vector_view<In, host_space>... in) const {
+    detail::check_same_sizes("rlhf::eigen_backend::transform_reduce", in0.size, in.size...);
+    const std::size_t n = in0.size;
+    const std::size_t blocks = (n + reduce_block - 1) / reduce_block;
+    if (blocks <= 1) {
+      Acc acc = init;
+      for (std::size_t i = 0; i < n; ++i) acc = op(acc, f(in0.data[i], in.data[i]...));
+      return acc;
+    }
+    // Each block starts from its first element so that `init` is applied exactly once.
+    std::vector<Acc> partial(blocks, init);
+    parallel_ranges(blocks, n, [&](std::size_t bb, std::size_t be) {
+      for (std::size_t k = bb; k < be; ++k) {
+        const std::size_t b = k * reduce_block, e = std::min(n, b + reduce_block);
+        Acc acc = f(in0.data[b], in.data[b]...);
+        for (std::size_t i = b + 1; i < e; ++i) acc = op(acc, f(in0.data[i], in.data[i]...));
+        partial[k] = acc;
+      }
+    });
+    Acc acc = init;
+    for (const Acc& p : partial) acc = op(acc, p);
+    return acc;
+  }
+
+  template <class Acc, class Op, class F, class In0, class... In>
+  void reduce_rows(vector_view<Acc, host_space> out, Acc init, Op op, F f, matrix_view<In0, host_space> in0,
+                   matrix_view<In, host_space>... in) const {
+    detail::check_same_sizes("rlhf::eigen_backend::reduce_rows", in0.rows, out.size, in.rows...);
+    detail::check_same_sizes("rlhf::eigen_backend::reduce_rows", in0.cols, in.cols...);
+    const std::size_t cols = in0.cols;
+    parallel_ranges(in0.rows, in0.rows * cols, [&](std::size_t rb, std::size_t re) {
+      for (std::size_t r = rb; r < re; ++r) {
+        const std::size_t base = r * cols;
+        Acc acc = init;
+        for (std::size_t c = 0; c < cols; ++c) acc = op(acc, f(c, in0.data[base + c], in.data[base + c]...));
+        out.data[r] = acc;
+      }
+    });
+  }
+
+  template <class T>
+  void reverse_linear_recurrence(matrix_view<T, host_space> out,
+                                 std::type_identity_t<matrix_view<const T, host_space>> a,
+                                 std::type_identity_t<matrix_view<const T, host_space>> x) const {
+    detail::check_same_sizes("rlhf::eigen_backend::reverse_linear_recurrence", out.rows, a.rows, x.rows);
+    detail::check_same_sizes("rlhf::eigen_backend::reverse_linear_recurrence", out.cols, a.cols, x.cols);
+    const std::size_t cols = out.cols;
+    parallel_ranges(out.rows, out.rows * cols, [&](std::size_t rb, std::size_t re) {
+      for (std::size_t r = rb; r < re; ++r) {
+        const T* ar = a.data + r * cols;
+        const T* xr = x.data + r * cols;
+        T* o = out.data + r * cols;
+        T carry = T(0);
+        for (std::size_t t = cols; t-- > 0;) {
+          carry = xr[t] + ar[t] * carry;
+          o[t] = carry;
+        }
+      }
+    });
+  }
+
+  template <class T>
+  void gemm(transpose op_a, transpose op_b, std::type_identity_t<T> alpha,
+            std::type_identity_t<matrix_view<const T, host_space>> a,
+            std::type_identity_t<matrix_view<const T, host_space>> b, std::type_identity_t<T> beta,
+            matrix_view<T, host_space> c) const {
+    detail::check_gemm_shapes("rlhf::eigen_backend::gemm", op_a, op_b, a, b, c);
+    using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    using const_map = Eigen::Map<const matrix>;
+    const auto rows_of = [](auto v) { return static_cast<Eigen::Index>(v.rows); };
+    const auto cols_of = [](auto v) { return static_cast<Eigen::Index>(v.cols); };
+    const_map am(a.data, rows_of(a), cols_of(a));
+    const_map bm(b.data, rows_of(b), cols_of(b));
+    Eigen::Map<matrix> cm(c.data, rows_of(c), cols_of(c));
+    if (c.rows == 0 || c.cols == 0) return;
+    if (beta == T(0)) {
+      cm.setZero();  // beta == 0 must not propagate NaN from uninitialised C (BLAS semantics).
+    } else if (beta != T(1)) {
+      cm *= beta;
+    }
+    if (op_a == transpose::no && op_b == transpose::no) cm.noalias() += alpha * am * bm;
+    else if (op_a == transpose::yes && op_b == transpose::no) cm.noalias() += alpha * am.transpose() * bm;
+    else if (op_a == transpose::no && op_b == transpose::yes) cm.noalias() += alpha * am * bm.transpose();
+    else cm.noalias() += alpha * am.transpose() * bm.transpose();
+  }
+};
+
+static_assert(complete_backend<eigen_backend>);
+
+}  // namespace rlhf::backends
+
+namespace rlhf {
+using backends::eigen_backend;
+}  // namespace rlhf

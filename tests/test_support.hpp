@@ -1,0 +1,189 @@
+// Shared test machinery: the backend x element-type list every test body runs over, per-type
+// tolerances, the close_to matcher, seeded random data, ragged masks and finite differences.
+#pragma once
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <random>
+#include <sstream>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "rlhf/backends/generic_only.hpp"
+#include "rlhf/backends/memory.hpp"
+#include "rlhf/backends/reference.hpp"
+#if RLHF_TEST_HAS_EIGEN
+#include "rlhf/backends/eigen.hpp"
+#endif
+
+namespace rlhf::test {
+
+/// One test configuration: a backend type and an element type.
+template <class Backend, class T>
+struct config {
+  using backend = Backend;
+  using value = T;
+  static Backend make() { return Backend{}; }
+};
+
+/// Every backend built into this test binary, each in float and double. `generic_only<...>` variants
+/// hide a backend's specializations so that the generic path of every algorithm runs too.
+using all_configs = std::tuple<config<rlhf::reference_backend, double>, config<rlhf::reference_backend, float>
+#if RLHF_TEST_HAS_EIGEN
+                               ,
+                               config<rlhf::eigen_backend, double>, config<rlhf::eigen_backend, float>,
+                               config<rlhf::generic_only<rlhf::eigen_backend>, double>,
+                               config<rlhf::generic_only<rlhf::eigen_backend>, float>
+#endif
+                               >;
+
+/// Double-precision configurations only: finite-difference gradient checks run on these.
+using double_configs = std::tuple<config<rlhf::reference_backend, double>
+#if RLHF_TEST_HAS_EIGEN
+                                  ,
+                                  config<rlhf::eigen_backend, double>,
+                                  config<rlhf::generic_only<rlhf::eigen_backend>, double>
+#endif
+                                  >;
+
+/// Comparison tolerance per element type: |got - want| <= atol + rtol * |want|.
+template <class T>
+struct tolerance;
+template <>
+struct tolerance<float> {
+  static constexpr double rtol = 2e-5;
+  static constexpr double atol = 2e-6;
+};
+template <>
+struct tolerance<double> {
+  static constexpr double rtol = 1e-11;
+  static constexpr double atol = 1e-13;
+};
+
+/// Matcher: every element of the tested vector within atol + rtol * |want| of `want`.
+/// NaN matches NaN only when `want` holds NaN at that position.
+template <class T>
+class close_to_matcher : public Catch::MatcherBase<std::vector<T>> {
+ public:
+  close_to_matcher(std::vector<double> want, double rtol, double atol) : want_(std::move(want)), rtol_(rtol), atol_(atol) {}
+
+  bool match(const std::vector<T>& got) const override {
+    if (got.size() != want_.size()) {
+      why_ = "size " + std::to_string(got.size()) + " != " + std::to_string(want_.size());
+      return false;
+    }
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      const double g = static_cast<double>(got[i]), w = want_[i];
+      const bool both_nan = std::isnan(g) && std::isnan(w);
+      const bool same_inf = std::isinf(g) && std::isinf(w) && ((g > 0) == (w > 0));
+      if (both_nan || same_inf) continue;
+      if (!(std::abs(g - w) <= atol_ + rtol_ * std::abs(w))) {
+        std::ostringstream os;
+        os.precision(17);
+        os << "first mismatch at index " << i << ": got " << g << ", want " << w << " (|diff| "
+           << std::abs(g - w) << " > " << atol_ + rtol_ * std::abs(w) << ")";
+        why_ = os.str();
+        return false;
+      }
+    }
+    return true;
+  }
+  std::string describe() const override { return "is element-wise close to the reference; " + why_; }
+
+ private:
+  std::vector<double> want_;
+  double rtol_, atol_;
+  mutable std::string why_;
+};
+
+template <class T, class U>
+close_to_matcher<T> close_to(const std::vector<U>& want, double rtol = tolerance<T>::rtol,
+                             double atol = tolerance<T>::atol) {
+  return close_to_matcher<T>(std::vector<double>(want.begin(), want.end()), rtol, atol);
+}
+
+/// Scalar closeness with the same rule.
+template <class T>
+bool near(double got, double want, double scale = 1.0) {
+  return std::abs(got - want) <= scale * (tolerance<T>::atol + tolerance<T>::rtol * std::abs(want));
+}
+
+/// A generator seeded from Catch's --rng-seed (main.cpp always sets one) and a per-call salt, so each
+/// test draws reproducible data that changes with the seed.
+inline std::mt19937_64 rng(std::uint64_t salt = 0) {
+  return std::mt19937_64(static_cast<std::uint64_t>(Catch::rngSeed()) * 0x9E3779B97F4A7C15ull + salt);
+}
+
+template <class T>
+std::vector<T> uniform(std::mt19937_64& g, std::size_t n, double lo = -1.0, double hi = 1.0) {
+  std::uniform_real_distribution<double> d(lo, hi);
+  std::vector<T> v(n);
+  for (auto& x : v) x = static_cast<T>(d(g));
+  return v;
+}
+
+template <class T>
+std::vector<T> normal(std::mt19937_64& g, std::size_t n, double mean = 0.0, double stddev = 1.0) {
+  std::normal_distribution<double> d(mean, stddev);
+  std::vector<T> v(n);
+  for (auto& x : v) x = static_cast<T>(d(g));
+  return v;
+}
+
+/// Right-padded ragged mask [rows, cols]: row r holds lengths[r] leading ones.
+inline std::vector<rlhf::mask_type> mask_from_lengths(const std::vector<std::size_t>& lengths, std::size_t cols) {
+  std::vector<rlhf::mask_type> m(lengths.size() * cols, 0);
+  for (std::size_t r = 0; r < lengths.size(); ++r)
+    for (std::size_t c = 0; c < std::min(lengths[r], cols); ++c) m[r * cols + c] = 1;
+  return m;
+}
+
+/// Random ragged lengths in [min_len, cols].
+inline std::vector<std::size_t> random_lengths(std::mt19937_64& g, std::size_t rows, std::size_t cols,
+                                               std::size_t min_len = 0) {
+  std::uniform_int_distribution<std::size_t> d(std::min(min_len, cols), cols);
+  std::vector<std::size_t> l(rows);
+  for (auto& x : l) x = d(g);
+  return l;
+}
+
+/// Random mask with interior holes (multi-turn style): each element valid with probability p.
+inline std::vector<rlhf::mask_type> random_mask(std::mt19937_64& g, std::size_t n, double p = 0.7) {
+  std::bernoulli_distribution d(p);
+  std::vector<rlhf::mask_type> m(n);
+  for (auto& x : m) x = d(g) ? 1 : 0;
+  return m;
+}
+
+/// Central finite-difference gradient of a scalar function of a vector (double precision).
+inline std::vector<double> numeric_gradient(const std::function<double(const std::vector<double>&)>& f,
+                                            std::vector<double> x, double eps = 1e-6) {
+  std::vector<double> g(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double keep = x[i];
+    x[i] = keep + eps;
+    const double up = f(x);
+    x[i] = keep - eps;
+    const double down = f(x);
+    x[i] = keep;
+    g[i] = (up - down) / (2 * eps);
+  }
+  return g;
+}
+
+/// Tolerance for comparing an analytic gradient with a central difference at eps = 1e-6.
+inline constexpr double fd_rtol = 1e-6;
+inline constexpr double fd_atol = 1e-7;
+
+/// Converts a vector of one element type to another.
+template <class To, class From>
+std::vector<To> cast(const std::vector<From>& v) {
+  return std::vector<To>(v.begin(), v.end());
+}
+
+}  // namespace rlhf::test
