@@ -118,7 +118,7 @@ constexpr matrix_view<T, Space> make_matrix_view(T* data, std::size_t rows, std:
 /// Views a 1-D vector as a 1 x n matrix (for primitives that take matrices).
 template <class T, class Space>
 RLHF_HOST_DEVICE constexpr matrix_view<T, Space> as_row_matrix(vector_view<T, Space> v) {
-  return {v.data, v.size == 0 ? 0 : 1, v.size};
+  return {v.data, v.size == 0 ? std::size_t(0) : std::size_t(1), v.size};
 }
 
 /// Views a matrix's elements as a vector (same as m.flat()).

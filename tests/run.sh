@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Builds and runs the whole test suite: the release preset, then the ASan+UBSan preset.
+#   bash tests/run.sh            # both presets (what CI runs)
+#   bash tests/run.sh release    # one preset
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source cmake/debian-deps.sh
+rlhf_ensure_packages "${RLHF_BUILD_PACKAGES[@]}"
+
+presets=("$@")
+[ ${#presets[@]} -eq 0 ] && presets=(release debug-asan)
+for preset in "${presets[@]}"; do
+  echo "== rlhf tests: preset ${preset} =="
+  cmake --workflow --preset "${preset}"
+done
