@@ -78,4 +78,27 @@ void check_finite(const B& b, std::string_view function, std::string_view argume
   check_finite(b, function, argument, m.flat());
 }
 
+/// Counts non-finite elements of x at valid (mask != 0) positions (device-callable).
+struct count_non_finite_where_valid {
+  template <class T, class M>
+  RLHF_HOST_DEVICE std::size_t operator()(T x, M m) const {
+    return (m != 0 && !(x - x == x - x)) ? 1 : 0;
+  }
+};
+
+/// The opt-in finite check restricted to valid positions. Algorithms that never read masked positions
+/// use it, so NaN padding there stays legitimate.
+template <class B, class T, class S>
+void check_finite_where_valid(const B& b, std::string_view function, std::string_view argument, matrix_view<T, S> v,
+                              matrix_view<const mask_type, S> mask) {
+  if (!finite_checks_enabled()) return;
+  const std::size_t bad =
+      b.transform_reduce(std::size_t(0), add_sizes{}, count_non_finite_where_valid{}, v.flat(), mask.flat());
+  if (bad != 0) {
+    throw non_finite_error(argument_message(function, argument,
+                                            "finite values at valid positions (the opt-in finite check is on)",
+                                            std::to_string(bad) + " NaN/Inf element(s)"));
+  }
+}
+
 }  // namespace rlhf::detail
