@@ -53,11 +53,10 @@ std::string to_display_string(const T& value) {
 /// Builds the uniform message "FUNCTION: argument 'ARG': expected EXPECTED, received RECEIVED".
 inline std::string argument_message(std::string_view function, std::string_view argument,
                                     std::string_view expected, std::string_view received) {
-  std::string msg;
-  msg.reserve(function.size() + argument.size() + expected.size() + received.size() + 48);
-  msg.append(function).append(": argument '").append(argument).append("': expected ");
-  msg.append(expected).append(", received ").append(received);
-  return msg;
+  // A stream rather than std::string::append: GCC 12 emits a false -Wrestrict for the latter at -O2.
+  std::ostringstream os;
+  os << function << ": argument '" << argument << "': expected " << expected << ", received " << received;
+  return os.str();
 }
 
 /// Throws rlhf::invalid_argument with the uniform message.

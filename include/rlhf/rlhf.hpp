@@ -14,6 +14,25 @@
 #include "rlhf/backends/memory.hpp"
 #include "rlhf/backends/reference.hpp"
 #include "rlhf/backends/view.hpp"
-#if __has_include(<Eigen/Core>)
+#if defined(RLHF_HAS_EIGEN) || __has_include(<Eigen/Core>)
 #include "rlhf/backends/eigen.hpp"
 #endif
+
+#include "rlhf/ops/kl_estimators.hpp"
+#include "rlhf/ops/sequence_mask.hpp"
+#include "rlhf/ops/token_logprobs.hpp"
+#include "rlhf/ops/whitening.hpp"
+
+#include "rlhf/losses/entropy_bonus.hpp"
+#include "rlhf/losses/loss_aggregation.hpp"
+#include "rlhf/losses/ppo_clip_loss.hpp"
+#include "rlhf/losses/ptx_loss.hpp"
+#include "rlhf/losses/ranking_loss.hpp"
+#include "rlhf/losses/sft_loss.hpp"
+#include "rlhf/losses/value_loss.hpp"
+
+#include "rlhf/advantages/gae.hpp"
+#include "rlhf/advantages/kl_penalized_rewards.hpp"
+#include "rlhf/advantages/reward_normalization.hpp"
+
+#include "rlhf/train/kl_controller.hpp"

@@ -215,3 +215,8 @@ static_assert(complete_backend<eigen_backend>);
 namespace rlhf {
 using backends::eigen_backend;
 }  // namespace rlhf
+
+// The Eigen backend's specialized kernels (found by argument-dependent lookup, see docs/backends.md).
+// Included after eigen_backend is complete; each of them includes this header for its own use.
+#include "rlhf/backends/eigen/gae.hpp"
+#include "rlhf/backends/eigen/token_logprobs.hpp"
