@@ -1,21 +1,43 @@
-// Downstream use of an installed rlhf, found with find_package(rlhf CONFIG REQUIRED COMPONENTS ...).
+// A downstream project using an installed rlhf found with find_package(rlhf CONFIG REQUIRED COMPONENTS ...):
+// computes GAE and the PPO-clip loss on a hand-computed case with every backend it was given.
+#include <cmath>
 #include <cstdio>
 #include <vector>
 
+#include "rlhf/advantages/gae.hpp"
 #include "rlhf/backends/memory.hpp"
 #include "rlhf/backends/reference.hpp"
+#include "rlhf/losses/ppo_clip_loss.hpp"
 #if CONSUMER_USES_EIGEN
 #include "rlhf/backends/eigen.hpp"
 #endif
 
 template <class B>
 int run(const B& b, const char* name) {
-  std::vector<double> x{1, 2, 3};
-  auto buf = rlhf::to_backend(b, x);
-  const double sum = b.transform_reduce(0.0, [](double a, double c) { return a + c; }, [](double v) { return v; },
-                                        buf.view().flat());
-  std::printf("%s backend: sum = %g\n", name, sum);
-  return sum == 6.0 ? 0 : 1;
+  // One response of 3 tokens, reward 1 at the end, values 0.5, gamma = lambda = 1:
+  // returns are 1 everywhere and advantages 1 - 0.5 = 0.5.
+  auto rewards = rlhf::to_backend(b, std::vector<double>{0, 0, 1}, 1, 3);
+  auto values = rlhf::to_backend(b, std::vector<double>{0.5, 0.5, 0.5}, 1, 3);
+  auto mask = rlhf::allocate_filled<rlhf::mask_type>(b, 1, 3, 1);
+  auto adv = rlhf::allocate<double>(b, 1, 3), ret = rlhf::allocate<double>(b, 1, 3);
+  rlhf::gae(b, rewards.view(), values.view(), mask.view(), adv.view(), ret.view(), rlhf::gae_options{1.0, 1.0});
+  const auto a = rlhf::to_host(b, adv.view());
+  const auto r = rlhf::to_host(b, ret.view());
+
+  // PPO-clip at ratio 1: loss = -mean(A) = -0.5, d loss / d logp = -A / 3 per token.
+  auto logp = rlhf::to_backend(b, std::vector<double>{-1, -2, -3}, 1, 3);
+  auto d_logp = rlhf::allocate<double>(b, 1, 3);
+  const auto stats = rlhf::ppo_clip_loss(b, logp.view(), logp.view(), adv.view(), mask.view(), d_logp.view());
+  const auto g = rlhf::to_host(b, d_logp.view());
+
+  bool ok = true;
+  for (int t = 0; t < 3; ++t) {
+    ok = ok && std::abs(a[t] - 0.5) < 1e-12 && std::abs(r[t] - 1.0) < 1e-12 && std::abs(g[t] + 0.5 / 3) < 1e-12;
+  }
+  ok = ok && std::abs(stats.loss + 0.5) < 1e-12 && stats.clip_fraction == 0.0;
+  std::printf("%s backend: advantages %.3f %.3f %.3f, PPO loss %.4f -> %s\n", name, a[0], a[1], a[2], stats.loss,
+              ok ? "ok" : "WRONG");
+  return ok ? 0 : 1;
 }
 
 int main() {

@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <cstddef>
+#include <type_traits>
 #include <limits>
 
 #include "rlhf/backends/checks.hpp"
@@ -165,7 +166,7 @@ reward_gain_bias normalization_to(const B& b, backend_vector<B, const T> rewards
 /// @param out [N] output (may alias `in` exactly).
 /// @param gain_bias the transform; gain must be finite and > 0, bias finite.
 template <class B, class T>
-void apply_reward_normalization(const B& b, backend_vector<B, const T> in, backend_vector<B, T> out,
+void apply_reward_normalization(const B& b, std::type_identity_t<backend_vector<B, const T>> in, backend_vector<B, T> out,
                                 const reward_gain_bias& gain_bias) {
   detail::check_elementwise_backend<B>();
   constexpr const char* fn = "rlhf::apply_reward_normalization";
@@ -176,6 +177,21 @@ void apply_reward_normalization(const B& b, backend_vector<B, const T> in, backe
   }
   detail::check_finite(b, fn, "in", in);
   b.transform(out, detail::reward_affine_map<T>{gain_bias.gain, gain_bias.bias}, in);
+}
+
+/// Overload for a non-const view (forwards to the read-only one).
+template <class B, class T>
+  requires(!std::is_const_v<T>)
+double demonstration_bias(const B& b, backend_vector<B, T> rewards, backend_vector<B, const mask_type> mask = {}) {
+  return demonstration_bias<B, T>(b, backend_vector<B, const T>(rewards), mask);
+}
+
+/// Overload for a non-const view (forwards to the read-only one).
+template <class B, class T>
+  requires(!std::is_const_v<T>)
+reward_gain_bias normalization_to(const B& b, backend_vector<B, T> rewards, double target_mean = 0.0,
+                                  double target_std = 1.0) {
+  return normalization_to<B, T>(b, backend_vector<B, const T>(rewards), target_mean, target_std);
 }
 
 }  // namespace rlhf

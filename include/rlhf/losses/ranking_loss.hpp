@@ -13,6 +13,7 @@
 
 #include <cmath>
 #include <cstddef>
+#include <type_traits>
 #include <cstdint>
 #include <string>
 
@@ -400,7 +401,7 @@ void check_ranked_shapes(const char* function, backend_matrix<B, const T> reward
 /// @return loss, its pair and centering parts, pooled pair accuracy and mean reward gap of compared pairs.
 /// @note Allocates one 5 x P double scratch buffer per call on the backend.
 template <class B, class T>
-ranking_loss_stats ranking_loss(const B& b, backend_matrix<B, const T> rewards,
+ranking_loss_stats ranking_loss(const B& b, std::type_identity_t<backend_matrix<B, const T>> rewards,
                                 backend_matrix<B, const std::int32_t> ranks,
                                 backend_vector<B, const std::int32_t> counts, backend_matrix<B, T> d_rewards,
                                 const ranking_loss_options& options = {}) {
@@ -459,7 +460,8 @@ ranking_loss_stats ranking_loss(const B& b, backend_matrix<B, const T> rewards,
 /// @return loss, centering part, accuracy (argmax == best) and mean probability of the best response.
 /// @note Allocates one 5 x P double scratch buffer per call on the backend.
 template <class B, class T>
-best_of_k_stats best_of_k_loss(const B& b, backend_matrix<B, const T> rewards, backend_vector<B, const std::int32_t> best,
+best_of_k_stats best_of_k_loss(const B& b, std::type_identity_t<backend_matrix<B, const T>> rewards,
+                               backend_vector<B, const std::int32_t> best,
                                backend_vector<B, const std::int32_t> counts, backend_matrix<B, T> d_rewards,
                                const best_of_k_options& options = {}) {
   detail::check_reduce_backend<B>();

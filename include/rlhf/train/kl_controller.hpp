@@ -256,4 +256,11 @@ class adaptive_kl_controller {
 static_assert(kl_controller<fixed_kl_controller<kl_per_token>>);
 static_assert(kl_controller<adaptive_kl_controller<kl_per_sequence>>);
 
+/// Overload for a non-const view (forwards to the read-only one).
+template <kl_unit Unit, class B, class T>
+  requires(!std::is_const_v<T>)
+Unit measure_kl(const B& b, backend_matrix<B, T> kl, backend_matrix<B, const mask_type> mask = {}) {
+  return measure_kl<Unit, B, T>(b, backend_matrix<B, const T>(kl), mask);
+}
+
 }  // namespace rlhf
