@@ -2,6 +2,8 @@
 // finite differences, micro-batch invariance, errors.
 #include "test_support.hpp"
 
+#include "losses/aggregation_oracle.hpp"
+
 #include <cmath>
 #include <limits>
 
@@ -11,30 +13,6 @@ using namespace rlhf;
 using namespace rlhf::test;
 
 namespace {
-std::vector<double> naive_weights(const std::vector<mask_type>& m, std::size_t rows, std::size_t cols,
-                                  const loss_aggregation& agg) {
-  std::vector<double> n(rows, 0);
-  double tokens = 0, seqs = 0;
-  for (std::size_t r = 0; r < rows; ++r) {
-    for (std::size_t c = 0; c < cols; ++c) n[r] += m[r * cols + c] ? 1 : 0;
-    tokens += n[r];
-    seqs += n[r] > 0 ? 1 : 0;
-  }
-  if (agg.global_token_count > 0) tokens = agg.global_token_count;
-  if (agg.global_sequence_count > 0) seqs = agg.global_sequence_count;
-  const double L = agg.norm_length > 0 ? agg.norm_length : static_cast<double>(cols);
-  std::vector<double> w(rows, 0);
-  for (std::size_t r = 0; r < rows; ++r) {
-    if (n[r] == 0) continue;
-    switch (agg.mode) {
-      case aggregation_mode::token_mean: w[r] = 1 / tokens; break;
-      case aggregation_mode::seq_mean_token_mean: w[r] = 1 / (n[r] * seqs); break;
-      case aggregation_mode::seq_mean_token_sum: w[r] = 1 / seqs; break;
-      case aggregation_mode::seq_mean_token_sum_norm: w[r] = 1 / (seqs * L); break;
-    }
-  }
-  return w;
-}
 
 // l = 1/2 max((V' - R)^2, (V + clip(V' - V, -e, e) - R)^2), gradient by cases.
 template <class T>
