@@ -1,0 +1,417 @@
+/// @file attention.hpp
+/// @brief Causal multi-head attention with grouped-query heads (Ainslie et al. 2023, GQA): forward and
+/// hand-written backward.
+///
+/// Rows are B sequences of T tokens flattened (row b*T + t); a row of q holds Hq heads of hd elements,
+/// a row of k and v Hkv heads. Query head h reads kv head h / (Hq / Hkv). For one (sequence b, head h,
+/// query i), with n_b = lengths[b] (T when no lengths are given):
+///
+///     s_ij = (q_i . k_j) / sqrt(hd)        for keys j <= i and j < n_b         (Vaswani et al. 2017, eq. 1)
+///     p_ij = exp(s_ij - max_j s_ij) / sum_j exp(s_ij - max_j s_ij)           (0 for every other key)
+///     o_i  = sum_j p_ij v_j
+///
+/// A query with no visible key (n_b = 0) outputs 0. The backward, with dO the output gradient:
+///
+///     dP_ij = dO_i . v_j
+///     D_i   = sum_j p_ij dP_ij
+///     dS_ij = p_ij (dP_ij - D_i)                                                 (softmax Jacobian)
+///     dq_i  = sum_j dS_ij k_j / sqrt(hd)
+///     dk_j  = sum over the group's query heads, sum_i dS_ij q_i / sqrt(hd)
+///     dv_j  = sum over the group's query heads, sum_i p_ij dO_i
+///
+/// Generic path: the forward is one loop index per (b, h, i) over its keys (scores into the `probs` row,
+/// max-subtracted softmax, then the weighted sum of values). Without `probs` it runs the online softmax
+/// (Milakov & Gimelshein 2018) so no [B*Hq*T, T] memory is needed at inference. The backward is three
+/// loops, each writing only its own rows, so it is deterministic and needs no atomics: D_i per
+/// (b, h, i) (kept in the first element of d_q's head slot, which the last loop overwrites); dk, dv per
+/// (b, kv head, key j), summing over queries i >= j of every head of the group in a fixed order; dq per
+/// (b, h, i). Dot products and softmax sums are accumulated in double.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <type_traits>
+
+#include "rlhf/backends/checks.hpp"
+#include "rlhf/backends/concepts.hpp"
+#include "rlhf/backends/view.hpp"
+#include "rlhf/config.hpp"
+#include "rlhf/error.hpp"
+
+namespace rlhf {
+
+namespace detail {
+
+/// The sizes every attention loop needs, derived and validated once on the host.
+struct attention_dims {
+  std::size_t batch = 0;
+  std::size_t seq = 0;        // T
+  std::size_t n_heads = 0;    // Hq
+  std::size_t n_kv_heads = 0; // Hkv
+  std::size_t group = 0;      // Hq / Hkv
+  std::size_t head_dim = 0;   // hd
+  double scale = 0.0;         // 1 / sqrt(hd)
+};
+
+/// Keys visible to query i of sequence bb: j < min(i + 1, length).
+template <class S>
+RLHF_HOST_DEVICE inline std::size_t attention_visible(vector_view<const std::int32_t, S> lengths, std::size_t bb,
+                                                      std::size_t i, std::size_t seq) {
+  const std::size_t len = lengths.empty() ? seq : static_cast<std::size_t>(lengths[bb]);
+  return i + 1 < len ? i + 1 : len;
+}
+
+template <class T>
+RLHF_HOST_DEVICE inline double attention_dot(const T* a, const T* b, std::size_t n) {
+  double acc = 0.0;
+  for (std::size_t d = 0; d < n; ++d) acc += static_cast<double>(a[d]) * static_cast<double>(b[d]);
+  return acc;
+}
+
+/// Forward of one (b, h, i), index ((b * Hq + h) * T + i), which is also its row of `probs`.
+template <class T, class S>
+struct attention_forward_query {
+  matrix_view<const T, S> q, k, v;
+  matrix_view<T, S> out;
+  matrix_view<T, S> probs;  // empty: online softmax, nothing saved
+  vector_view<const std::int32_t, S> lengths;
+  attention_dims dims;
+
+  RLHF_HOST_DEVICE void operator()(std::size_t idx) const {
+    const std::size_t seq = dims.seq, hd = dims.head_dim;
+    const std::size_t i = idx % seq, bh = idx / seq;
+    const std::size_t h = bh % dims.n_heads, bb = bh / dims.n_heads;
+    const std::size_t kvh = h / dims.group;
+    const std::size_t lim = attention_visible(lengths, bb, i, seq);
+    const T* qi = q.data + (bb * seq + i) * q.cols + h * hd;
+    T* oi = out.data + (bb * seq + i) * out.cols + h * hd;
+    for (std::size_t d = 0; d < hd; ++d) oi[d] = T(0);
+    if (!probs.empty()) {
+      T* pr = probs.data + idx * seq;
+      double m = 0.0;
+      for (std::size_t j = 0; j < lim; ++j) {
+        const T* kj = k.data + (bb * seq + j) * k.cols + kvh * hd;
+        pr[j] = static_cast<T>(attention_dot(qi, kj, hd) * dims.scale);
+        const double s = static_cast<double>(pr[j]);
+        if (j == 0 || s > m) m = s;
+      }
+      double sum = 0.0;
+      for (std::size_t j = 0; j < lim; ++j) {
+        const double e = exp(static_cast<double>(pr[j]) - m);  // max subtracted: e <= 1, no overflow
+        pr[j] = static_cast<T>(e);
+        sum += e;
+      }
+      for (std::size_t j = 0; j < lim; ++j) {
+        const T p = static_cast<T>(static_cast<double>(pr[j]) / sum);
+        pr[j] = p;
+        const T* vj = v.data + (bb * seq + j) * v.cols + kvh * hd;
+        for (std::size_t d = 0; d < hd; ++d) oi[d] += p * vj[d];
+      }
+      for (std::size_t j = lim; j < seq; ++j) pr[j] = T(0);
+    } else {
+      // Online softmax: running max m and normalizer l; the output row accumulates e^(s - m) v_j and is
+      // rescaled whenever the maximum grows.
+      double m = 0.0, l = 0.0;
+      for (std::size_t j = 0; j < lim; ++j) {
+        const T* kj = k.data + (bb * seq + j) * k.cols + kvh * hd;
+        const T* vj = v.data + (bb * seq + j) * v.cols + kvh * hd;
+        const double s = attention_dot(qi, kj, hd) * dims.scale;
+        if (j == 0 || s > m) {
+          const double r = j == 0 ? 0.0 : exp(m - s);
+          for (std::size_t d = 0; d < hd; ++d) oi[d] = static_cast<T>(static_cast<double>(oi[d]) * r);
+          l *= r;
+          m = s;
+        }
+        const double e = exp(s - m);
+        l += e;
+        for (std::size_t d = 0; d < hd; ++d) oi[d] = static_cast<T>(static_cast<double>(oi[d]) + e * static_cast<double>(vj[d]));
+      }
+      if (lim > 0) {
+        const double inv = 1.0 / l;
+        for (std::size_t d = 0; d < hd; ++d) oi[d] = static_cast<T>(static_cast<double>(oi[d]) * inv);
+      }
+    }
+  }
+};
+
+/// Backward loop 1, per (b, h, i): D_i = sum_j p_ij (dO_i . v_j), kept in d_q(b*T + i, h*hd).
+template <class T, class S>
+struct attention_backward_rowsum {
+  matrix_view<const T, S> v, probs, d_out;
+  matrix_view<T, S> d_q;
+  vector_view<const std::int32_t, S> lengths;
+  attention_dims dims;
+
+  RLHF_HOST_DEVICE void operator()(std::size_t idx) const {
+    const std::size_t seq = dims.seq, hd = dims.head_dim;
+    const std::size_t i = idx % seq, bh = idx / seq;
+    const std::size_t h = bh % dims.n_heads, bb = bh / dims.n_heads;
+    const std::size_t kvh = h / dims.group;
+    const std::size_t lim = attention_visible(lengths, bb, i, seq);
+    const T* doi = d_out.data + (bb * seq + i) * d_out.cols + h * hd;
+    const T* pr = probs.data + idx * seq;
+    double acc = 0.0;
+    for (std::size_t j = 0; j < lim; ++j) {
+      const T* vj = v.data + (bb * seq + j) * v.cols + kvh * hd;
+      acc += static_cast<double>(pr[j]) * attention_dot(doi, vj, hd);
+    }
+    d_q(bb * seq + i, h * hd) = static_cast<T>(acc);
+  }
+};
+
+/// Backward loop 2, per (b, kv head, key j), index ((b * Hkv + kvh) * T + j): dk_j and dv_j, summed over
+/// the group's query heads and the queries i >= j, in that fixed order.
+template <class T, class S>
+struct attention_backward_key {
+  matrix_view<const T, S> q, v, probs, d_out;
+  matrix_view<const T, S> rowsum;  // d_q, holding D_i in each head slot's first element
+  matrix_view<T, S> d_k, d_v;
+  vector_view<const std::int32_t, S> lengths;
+  attention_dims dims;
+
+  RLHF_HOST_DEVICE void operator()(std::size_t idx) const {
+    const std::size_t seq = dims.seq, hd = dims.head_dim;
+    const std::size_t j = idx % seq, bk = idx / seq;
+    const std::size_t kvh = bk % dims.n_kv_heads, bb = bk / dims.n_kv_heads;
+    T* dkj = d_k.data + (bb * seq + j) * d_k.cols + kvh * hd;
+    T* dvj = d_v.data + (bb * seq + j) * d_v.cols + kvh * hd;
+    for (std::size_t d = 0; d < hd; ++d) {
+      dkj[d] = T(0);
+      dvj[d] = T(0);
+    }
+    const std::size_t len = lengths.empty() ? seq : static_cast<std::size_t>(lengths[bb]);
+    if (j >= len) return;  // a masked key gets probability 0 from every query
+    const T* vj = v.data + (bb * seq + j) * v.cols + kvh * hd;
+    for (std::size_t h = kvh * dims.group; h < (kvh + 1) * dims.group; ++h) {
+      const T* pcol = probs.data + ((bb * dims.n_heads + h) * seq) * seq + j;  // p_ij at pcol[i * seq]
+      for (std::size_t i = j; i < seq; ++i) {
+        const double p = static_cast<double>(pcol[i * seq]);
+        if (p == 0.0) continue;  // contributes nothing to dv, and dS_ij = 0
+        const T* doi = d_out.data + (bb * seq + i) * d_out.cols + h * hd;
+        const T* qi = q.data + (bb * seq + i) * q.cols + h * hd;
+        const double ds = p * (attention_dot(doi, vj, hd) - static_cast<double>(rowsum(bb * seq + i, h * hd)));
+        const T wk = static_cast<T>(ds * dims.scale);
+        const T wv = static_cast<T>(p);
+        for (std::size_t d = 0; d < hd; ++d) {
+          dkj[d] += wk * qi[d];
+          dvj[d] += wv * doi[d];
+        }
+      }
+    }
+  }
+};
+
+/// Backward loop 3, per (b, h, i): dq_i = sum_j dS_ij k_j / sqrt(hd) (reads D_i first, then overwrites it).
+template <class T, class S>
+struct attention_backward_query {
+  matrix_view<const T, S> k, v, probs, d_out;
+  matrix_view<T, S> d_q;
+  vector_view<const std::int32_t, S> lengths;
+  attention_dims dims;
+
+  RLHF_HOST_DEVICE void operator()(std::size_t idx) const {
+    const std::size_t seq = dims.seq, hd = dims.head_dim;
+    const std::size_t i = idx % seq, bh = idx / seq;
+    const std::size_t h = bh % dims.n_heads, bb = bh / dims.n_heads;
+    const std::size_t kvh = h / dims.group;
+    const std::size_t lim = attention_visible(lengths, bb, i, seq);
+    const T* doi = d_out.data + (bb * seq + i) * d_out.cols + h * hd;
+    const T* pr = probs.data + idx * seq;
+    T* dqi = d_q.data + (bb * seq + i) * d_q.cols + h * hd;
+    const double rowsum = static_cast<double>(dqi[0]);
+    for (std::size_t d = 0; d < hd; ++d) dqi[d] = T(0);
+    for (std::size_t j = 0; j < lim; ++j) {
+      const double p = static_cast<double>(pr[j]);
+      if (p == 0.0) continue;
+      const T* vj = v.data + (bb * seq + j) * v.cols + kvh * hd;
+      const T* kj = k.data + (bb * seq + j) * k.cols + kvh * hd;
+      const T w = static_cast<T>(p * (attention_dot(doi, vj, hd) - rowsum) * dims.scale);
+      for (std::size_t d = 0; d < hd; ++d) dqi[d] += w * kj[d];
+    }
+  }
+};
+
+template <class B, class T>
+void causal_attention_forward_generic(const B& b, backend_matrix<B, const T> q, backend_matrix<B, const T> k,
+                                      backend_matrix<B, const T> v, const attention_dims& dims,
+                                      backend_matrix<B, T> out, backend_matrix<B, T> probs,
+                                      backend_vector<B, const std::int32_t> lengths) {
+  b.for_each_index(dims.batch * dims.n_heads * dims.seq,
+                   attention_forward_query<T, typename B::memory_space>{q, k, v, out, probs, lengths, dims});
+}
+
+template <class B, class T>
+void causal_attention_backward_generic(const B& b, backend_matrix<B, const T> q, backend_matrix<B, const T> k,
+                                       backend_matrix<B, const T> v, backend_matrix<B, const T> probs,
+                                       backend_matrix<B, const T> d_out, const attention_dims& dims,
+                                       backend_matrix<B, T> d_q, backend_matrix<B, T> d_k, backend_matrix<B, T> d_v,
+                                       backend_vector<B, const std::int32_t> lengths) {
+  using S = typename B::memory_space;
+  const std::size_t queries = dims.batch * dims.n_heads * dims.seq;
+  b.for_each_index(queries, attention_backward_rowsum<T, S>{v, probs, d_out, d_q, lengths, dims});
+  b.for_each_index(dims.batch * dims.n_kv_heads * dims.seq,
+                   attention_backward_key<T, S>{q, v, probs, d_out, d_q, d_k, d_v, lengths, dims});
+  b.for_each_index(queries, attention_backward_query<T, S>{k, v, probs, d_out, d_q, lengths, dims});
+}
+
+/// Counts lengths outside [0, seq] (device-callable).
+struct attention_count_bad_lengths {
+  std::size_t seq = 0;
+  RLHF_HOST_DEVICE std::size_t operator()(std::int32_t n) const {
+    return (n < 0 || static_cast<std::size_t>(n) > seq) ? std::size_t(1) : std::size_t(0);
+  }
+};
+
+/// Validates the shapes shared by the forward and the backward and derives the sizes.
+template <class B, class T, class S>
+attention_dims attention_check(const B& b, std::string_view fn, matrix_view<const T, S> q, matrix_view<const T, S> k,
+                               matrix_view<const T, S> v, std::size_t batch, std::size_t n_heads,
+                               std::size_t n_kv_heads, vector_view<const std::int32_t, S> lengths) {
+  if (n_heads == 0) throw_argument_error(fn, "n_heads", "a value > 0", "0");
+  if (n_kv_heads == 0 || n_heads % n_kv_heads != 0) {
+    throw_argument_error(fn, "n_kv_heads",
+                         "a value > 0 dividing 'n_heads' (" + std::to_string(n_heads) + ")",
+                         std::to_string(n_kv_heads));
+  }
+  if (batch == 0 ? q.rows != 0 : q.rows % batch != 0) {
+    throw_argument_error(fn, "batch", "a value > 0 dividing the rows of 'q' (" + std::to_string(q.rows) + ")",
+                         std::to_string(batch));
+  }
+  if (q.cols == 0 || q.cols % n_heads != 0) {
+    throw_argument_error(fn, "q",
+                         "a positive multiple of 'n_heads' (" + std::to_string(n_heads) + ") columns",
+                         shape_string(q));
+  }
+  attention_dims dims;
+  dims.batch = batch;
+  dims.seq = batch == 0 ? 0 : q.rows / batch;
+  dims.n_heads = n_heads;
+  dims.n_kv_heads = n_kv_heads;
+  dims.group = n_heads / n_kv_heads;
+  dims.head_dim = q.cols / n_heads;
+  dims.scale = 1.0 / std::sqrt(static_cast<double>(dims.head_dim));
+  check_shape(fn, "k", k, q.rows, n_kv_heads * dims.head_dim,
+              "(rows of 'q', n_kv_heads * head_dim with head_dim = " + std::to_string(dims.head_dim) + ")");
+  check_same_shape(fn, "v", v, "k", k);
+  if (!(lengths.data == nullptr && lengths.size == 0)) {
+    check_size(fn, "lengths", lengths, batch, "(one per sequence, 'batch', or empty for all full)");
+    if (lengths.size != 0) {
+      const std::size_t bad =
+          b.transform_reduce(std::size_t(0), add_sizes{}, attention_count_bad_lengths{dims.seq}, lengths);
+      if (bad != 0) {
+        throw_argument_error(fn, "lengths", "values in [0, " + std::to_string(dims.seq) + "] (the sequence length)",
+                             std::to_string(bad) + " value(s) out of range");
+      }
+    }
+  }
+  return dims;
+}
+
+}  // namespace detail
+
+/// Causal grouped-query attention, forward: for every sequence b, query head h and query position i,
+/// `out_i = sum_j softmax_j(q_i . k_j / sqrt(hd)) v_j` over keys j <= i (and j < lengths[b]).
+///
+/// @tparam B a reduce_backend (for_each_index; transform_reduce validates `lengths`).
+/// @tparam T float or double, deduced from `out`.
+/// @param b the backend.
+/// @param q [B*T, Hq*hd] queries (after rotary embedding); row b*T + t is position t of sequence b.
+/// @param k [B*T, Hkv*hd] keys (after rotary embedding).
+/// @param v [B*T, Hkv*hd] values.
+/// @param batch B, the number of sequences; > 0 and dividing the rows of q (0 only when q has no rows).
+/// @param n_heads Hq, query heads; hd = columns of q / Hq.
+/// @param n_kv_heads Hkv, key/value heads; divides Hq. Query head h uses kv head h / (Hq / Hkv).
+/// @param out out [B*T, Hq*hd]; must not overlap the inputs.
+/// @param probs out [B*Hq*T, T]: row (b*Hq + h)*T + i holds the softmax over keys of that query (0 for
+///   masked keys), saved for rlhf::causal_attention_backward; an empty view (data == nullptr, size 0)
+///   means not wanted (inference: an online softmax then needs no [B*Hq*T, T] memory).
+/// @param lengths [B] valid tokens per sequence, each in [0, T], or empty for all T. Keys at positions
+///   >= lengths[b] are masked; queries there still attend to the valid keys (their outputs are padding).
+/// @note Throws rlhf::invalid_argument on a shape mismatch, n_kv_heads not dividing n_heads, or a
+///   length outside [0, T].
+template <class B, class T>
+void causal_attention_forward(const B& b, std::type_identity_t<backend_matrix<B, const T>> q,
+                              std::type_identity_t<backend_matrix<B, const T>> k,
+                              std::type_identity_t<backend_matrix<B, const T>> v, std::size_t batch,
+                              std::size_t n_heads, std::size_t n_kv_heads, backend_matrix<B, T> out,
+                              std::type_identity_t<backend_matrix<B, T>> probs,
+                              backend_vector<B, const std::int32_t> lengths = {}) {
+  detail::check_reduce_backend<B>();
+  constexpr std::string_view fn = "rlhf::causal_attention_forward";
+  static_assert(std::is_floating_point_v<T>, "rlhf::causal_attention_forward: T must be float or double");
+  const detail::attention_dims dims = detail::attention_check(b, fn, q, k, v, batch, n_heads, n_kv_heads, lengths);
+  detail::check_same_shape(fn, "out", out, "q", q);
+  if (!(probs.data == nullptr && probs.rows == 0 && probs.cols == 0)) {
+    detail::check_shape(fn, "probs", probs, batch * n_heads * dims.seq, dims.seq,
+                        "([batch * n_heads * T, T], or empty for not wanted)");
+  }
+  detail::check_finite(b, fn, "q", q);
+  detail::check_finite(b, fn, "k", k);
+  detail::check_finite(b, fn, "v", v);
+  if (q.rows == 0) return;
+  if constexpr (requires {
+                  rlhf_specialized_causal_attention_forward(b, q, k, v, batch, n_heads, n_kv_heads, out, probs,
+                                                            lengths);
+                })
+    rlhf_specialized_causal_attention_forward(b, q, k, v, batch, n_heads, n_kv_heads, out, probs, lengths);
+  else
+    detail::causal_attention_forward_generic<B, T>(b, q, k, v, dims, out, probs, lengths);
+}
+
+/// Backward of rlhf::causal_attention_forward: writes d_q, d_k and d_v from the output gradient and the
+/// saved softmax (see the file comment for the formulas). With grouped-query heads, the gradient of a
+/// kv head sums over the query heads that share it. Deterministic (no racing accumulation).
+///
+/// @tparam B a reduce_backend.
+/// @tparam T float or double, deduced from `d_q`.
+/// @param b the backend.
+/// @param q [B*T, Hq*hd], k [B*T, Hkv*hd], v [B*T, Hkv*hd] the forward's inputs.
+/// @param probs [B*Hq*T, T] the softmax saved by the forward (required here).
+/// @param d_out [B*T, Hq*hd] gradient of the loss w.r.t. the forward's output.
+/// @param batch, n_heads, n_kv_heads as in the forward.
+/// @param d_q out [B*T, Hq*hd]; also used as scratch during the call.
+/// @param d_k out [B*T, Hkv*hd].
+/// @param d_v out [B*T, Hkv*hd].
+/// @param lengths as in the forward.
+/// @note The outputs must not overlap each other or the inputs. Throws rlhf::invalid_argument on a shape
+///   mismatch (an empty `probs` included), n_kv_heads not dividing n_heads, or a length outside [0, T].
+template <class B, class T>
+void causal_attention_backward(const B& b, std::type_identity_t<backend_matrix<B, const T>> q,
+                               std::type_identity_t<backend_matrix<B, const T>> k,
+                               std::type_identity_t<backend_matrix<B, const T>> v,
+                               std::type_identity_t<backend_matrix<B, const T>> probs,
+                               std::type_identity_t<backend_matrix<B, const T>> d_out, std::size_t batch,
+                               std::size_t n_heads, std::size_t n_kv_heads, backend_matrix<B, T> d_q,
+                               std::type_identity_t<backend_matrix<B, T>> d_k,
+                               std::type_identity_t<backend_matrix<B, T>> d_v,
+                               backend_vector<B, const std::int32_t> lengths = {}) {
+  detail::check_reduce_backend<B>();
+  constexpr std::string_view fn = "rlhf::causal_attention_backward";
+  static_assert(std::is_floating_point_v<T>, "rlhf::causal_attention_backward: T must be float or double");
+  const detail::attention_dims dims = detail::attention_check(b, fn, q, k, v, batch, n_heads, n_kv_heads, lengths);
+  detail::check_shape(fn, "probs", probs, batch * n_heads * dims.seq, dims.seq,
+                      "([batch * n_heads * T, T], saved by the forward)");
+  detail::check_same_shape(fn, "d_out", d_out, "q", q);
+  detail::check_same_shape(fn, "d_q", d_q, "q", q);
+  detail::check_same_shape(fn, "d_k", d_k, "k", k);
+  detail::check_same_shape(fn, "d_v", d_v, "v", v);
+  detail::check_finite(b, fn, "q", q);
+  detail::check_finite(b, fn, "k", k);
+  detail::check_finite(b, fn, "v", v);
+  detail::check_finite(b, fn, "probs", probs);
+  detail::check_finite(b, fn, "d_out", d_out);
+  if (q.rows == 0) return;
+  if constexpr (requires {
+                  rlhf_specialized_causal_attention_backward(b, q, k, v, probs, d_out, batch, n_heads, n_kv_heads,
+                                                             d_q, d_k, d_v, lengths);
+                })
+    rlhf_specialized_causal_attention_backward(b, q, k, v, probs, d_out, batch, n_heads, n_kv_heads, d_q, d_k, d_v,
+                                               lengths);
+  else
+    detail::causal_attention_backward_generic<B, T>(b, q, k, v, probs, d_out, dims, d_q, d_k, d_v, lengths);
+}
+
+}  // namespace rlhf

@@ -1,0 +1,332 @@
+// rlhf::causal_attention_forward / causal_attention_backward: hand-computed two-token cases (with and
+// without grouped-query heads), a naive host oracle over random ragged batches, the online-softmax path
+// (no probs), finite differences of all three gradients, large scores, and argument errors.
+#include "test_support.hpp"
+
+#include <cmath>
+#include <limits>
+
+#include "rlhf/models/layers/attention.hpp"
+
+using namespace rlhf;
+using namespace rlhf::test;
+using Catch::Matchers::Contains;
+
+namespace {
+
+// Tolerances of the comparison with the double oracle: float accumulates the weighted value sums in float.
+template <class T>
+constexpr double att_rtol = std::is_same_v<T, float> ? 1e-4 : 1e-11;
+template <class T>
+constexpr double att_atol = std::is_same_v<T, float> ? 1e-5 : 1e-12;
+
+struct att_shape {
+  std::size_t batch, seq, n_heads, n_kv_heads, head_dim;
+  std::size_t rows() const { return batch * seq; }
+  std::size_t qcols() const { return n_heads * head_dim; }
+  std::size_t kvcols() const { return n_kv_heads * head_dim; }
+};
+
+struct att_oracle {
+  std::vector<double> out, probs;
+};
+
+/// Straight from the definition: scores, masked max-subtracted softmax, weighted sum; one (b, h, i) at a time.
+att_oracle oracle_attention(const att_shape& s, const std::vector<double>& q, const std::vector<double>& k,
+                            const std::vector<double>& v, const std::vector<std::int32_t>& lengths) {
+  const std::size_t T = s.seq, hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
+  att_oracle o{std::vector<double>(s.rows() * s.qcols(), 0.0), std::vector<double>(s.batch * s.n_heads * T * T, 0.0)};
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  for (std::size_t b = 0; b < s.batch; ++b) {
+    const std::size_t len = lengths.empty() ? T : static_cast<std::size_t>(lengths[b]);
+    for (std::size_t h = 0; h < s.n_heads; ++h) {
+      const std::size_t kvh = h / group;
+      for (std::size_t i = 0; i < T; ++i) {
+        std::vector<double> sc(T, 0.0);
+        std::vector<bool> vis(T, false);
+        double m = -std::numeric_limits<double>::infinity();
+        for (std::size_t j = 0; j < T; ++j) {
+          vis[j] = j <= i && j < len;
+          if (!vis[j]) continue;
+          double dot = 0;
+          for (std::size_t d = 0; d < hd; ++d)
+            dot += q[(b * T + i) * s.qcols() + h * hd + d] * k[(b * T + j) * s.kvcols() + kvh * hd + d];
+          sc[j] = dot * scale;
+          m = std::max(m, sc[j]);
+        }
+        double z = 0;
+        for (std::size_t j = 0; j < T; ++j)
+          if (vis[j]) z += std::exp(sc[j] - m);
+        for (std::size_t j = 0; j < T; ++j) {
+          const double p = vis[j] ? std::exp(sc[j] - m) / z : 0.0;
+          o.probs[((b * s.n_heads + h) * T + i) * T + j] = p;
+          for (std::size_t d = 0; d < hd; ++d)
+            o.out[(b * T + i) * s.qcols() + h * hd + d] += p * v[(b * T + j) * s.kvcols() + kvh * hd + d];
+        }
+      }
+    }
+  }
+  return o;
+}
+
+}  // namespace
+
+TEMPLATE_LIST_TEST_CASE("attention: hand-computed two-token case, grouped-query heads",
+                        "[models][layers][attention]", all_configs) {
+  using T = typename TestType::value;
+  const auto b = TestType::make();
+  // One sequence of 2 tokens, Hq = 2 query heads sharing Hkv = 1 kv head, head_dim 1 (scale 1).
+  // Keys k = [0, ln 2], values v = [3, 6].
+  // Head 0, q = [1, 1]: query 0 sees key 0 only -> out 3; query 1 scores [0, ln 2] -> p = [1/3, 2/3],
+  //   out = 3/3 + 2 * 6/3 = 5.
+  // Head 1, q = [0, 0]: query 1 scores [0, 0] -> p = [1/2, 1/2], out = 4.5.
+  auto q = to_backend(b, std::vector<T>{1, 0, 1, 0}, 2, 2);
+  auto k = to_backend(b, std::vector<T>{0, static_cast<T>(std::log(2.0))}, 2, 1);
+  auto v = to_backend(b, std::vector<T>{3, 6}, 2, 1);
+  auto out = allocate<T>(b, 2, 2);
+  auto probs = allocate<T>(b, 4, 2);
+  causal_attention_forward(b, q.view(), k.view(), v.view(), 1, 2, 1, out.view(), probs.view());
+  CHECK_THAT(to_host(b, out.view()), close_to<T>(std::vector<double>{3, 3, 5, 4.5}, att_rtol<T>, att_atol<T>));
+  // probs rows: (h0, i0), (h0, i1), (h1, i0), (h1, i1).
+  CHECK_THAT(to_host(b, probs.view()),
+             close_to<T>(std::vector<double>{1, 0, 1.0 / 3, 2.0 / 3, 1, 0, 0.5, 0.5}, att_rtol<T>, att_atol<T>));
+
+  // d_out = 1 at head 0 only: dv_0 = p(h0: 0,0) + p(h0: 1,0) = 1 + 1/3, dv_1 = 2/3.
+  // dq (head 0, query 1) = sum_j p_j (v_j - out) k_j = 1/3 (3 - 5) 0 + 2/3 (6 - 5) ln 2 = (2/3) ln 2.
+  // dk = sum_i dS_ij q_i: dS_10 = 1/3 (3 - 5) = -2/3, dS_11 = 2/3 (6 - 5) = 2/3 (query 0: dS_00 = 1 (3 - 3) = 0);
+  //   dk_0 = -2/3 * 1 = -2/3, dk_1 = 2/3 * 1 = 2/3 (head 1 has no output gradient).
+  auto d_out = to_backend(b, std::vector<T>{1, 0, 1, 0}, 2, 2);
+  auto dq = allocate<T>(b, 2, 2), dk = allocate<T>(b, 2, 1), dv = allocate<T>(b, 2, 1);
+  causal_attention_backward(b, q.view(), k.view(), v.view(), probs.view(), d_out.view(), 1, 2, 1, dq.view(), dk.view(),
+                            dv.view());
+  CHECK_THAT(to_host(b, dv.view()), close_to<T>(std::vector<double>{4.0 / 3, 2.0 / 3}, att_rtol<T>, att_atol<T>));
+  CHECK_THAT(to_host(b, dk.view()), close_to<T>(std::vector<double>{-2.0 / 3, 2.0 / 3}, att_rtol<T>, att_atol<T>));
+  CHECK_THAT(to_host(b, dq.view()),
+             close_to<T>(std::vector<double>{0, 0, 2.0 / 3 * std::log(2.0), 0}, att_rtol<T>, att_atol<T>));
+}
+
+TEMPLATE_LIST_TEST_CASE("attention: random ragged batches match the naive oracle, with and without probs",
+                        "[models][layers][attention]", all_configs) {
+  using T = typename TestType::value;
+  const auto b = TestType::make();
+  auto g = rng(321);
+  const std::vector<att_shape> shapes{{2, 5, 4, 2, 6}, {3, 4, 2, 2, 4}, {1, 7, 4, 1, 8}, {2, 1, 3, 3, 2}};
+  for (const auto& s : shapes) {
+    for (int with_lengths = 0; with_lengths < 2; ++with_lengths) {
+      const auto q = normal<T>(g, s.rows() * s.qcols()), k = normal<T>(g, s.rows() * s.kvcols()),
+                 v = normal<T>(g, s.rows() * s.kvcols());
+      std::vector<std::int32_t> lengths;
+      if (with_lengths) {
+        for (auto n : random_lengths(g, s.batch, s.seq)) lengths.push_back(static_cast<std::int32_t>(n));
+        lengths[0] = 0;  // a sequence with no valid token: zero output and probabilities
+      }
+      const auto want = oracle_attention(s, cast<double>(q), cast<double>(k), cast<double>(v), lengths);
+      auto bq = to_backend(b, q, s.rows(), s.qcols());
+      auto bk = to_backend(b, k, s.rows(), s.kvcols());
+      auto bv = to_backend(b, v, s.rows(), s.kvcols());
+      auto bl = to_backend(b, lengths.empty() ? std::vector<std::int32_t>{0} : lengths);
+      const backend_vector<decltype(b), const std::int32_t> lv =
+          lengths.empty() ? backend_vector<decltype(b), const std::int32_t>{} : bl.view().flat();
+      auto out = allocate_filled<T>(b, s.rows(), s.qcols(), T(99));
+      auto probs = allocate_filled<T>(b, s.batch * s.n_heads * s.seq, s.seq, T(99));
+      causal_attention_forward(b, bq.view(), bk.view(), bv.view(), s.batch, s.n_heads, s.n_kv_heads, out.view(),
+                               probs.view(), lv);
+      CHECK_THAT(to_host(b, out.view()), close_to<T>(want.out, att_rtol<T>, att_atol<T>));
+      CHECK_THAT(to_host(b, probs.view()), close_to<T>(want.probs, att_rtol<T>, att_atol<T>));
+      // Online softmax (no probs wanted): same output.
+      auto out2 = allocate_filled<T>(b, s.rows(), s.qcols(), T(99));
+      causal_attention_forward(b, bq.view(), bk.view(), bv.view(), s.batch, s.n_heads, s.n_kv_heads, out2.view(), {},
+                               lv);
+      CHECK_THAT(to_host(b, out2.view()), close_to<T>(want.out, att_rtol<T>, att_atol<T>));
+    }
+  }
+}
+
+TEMPLATE_LIST_TEST_CASE("attention: large scores do not overflow (max-subtracted softmax)",
+                        "[models][layers][attention]", all_configs) {
+  using T = typename TestType::value;
+  const auto b = TestType::make();
+  // head_dim 4, scale 1/2; q . k of 4 * 100 * 10 = 4000 -> score 2000 and more: exp would overflow.
+  const att_shape s{1, 3, 1, 1, 4};
+  std::vector<T> q(12, T(100)), k(12), v{1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3};
+  for (std::size_t j = 0; j < 3; ++j)
+    for (std::size_t d = 0; d < 4; ++d) k[j * 4 + d] = static_cast<T>(10.0 + 0.001 * static_cast<double>(j));
+  const auto want = oracle_attention(s, cast<double>(q), cast<double>(k), cast<double>(v), {});
+  auto bq = to_backend(b, q, 3, 4), bk = to_backend(b, k, 3, 4), bv = to_backend(b, v, 3, 4);
+  auto out = allocate<T>(b, 3, 4), probs = allocate<T>(b, 3, 3), out2 = allocate<T>(b, 3, 4);
+  causal_attention_forward(b, bq.view(), bk.view(), bv.view(), 1, 1, 1, out.view(), probs.view());
+  causal_attention_forward(b, bq.view(), bk.view(), bv.view(), 1, 1, 1, out2.view(), {});
+  // Float rounds the scores (~2000) to 1e-4, which moves the probabilities by about that much.
+  const double rt = std::is_same_v<T, float> ? 1e-3 : 1e-9;
+  CHECK_THAT(to_host(b, out.view()), close_to<T>(want.out, rt, rt));
+  CHECK_THAT(to_host(b, out2.view()), close_to<T>(want.out, rt, rt));
+  for (T x : to_host(b, probs.view())) CHECK(std::isfinite(static_cast<double>(x)));
+}
+
+TEMPLATE_LIST_TEST_CASE("attention: backward matches finite differences (GQA, ragged lengths)",
+                        "[models][layers][attention][gradient]", double_configs) {
+  const auto b = TestType::make();
+  auto g = rng(322);
+  for (const auto& item : std::vector<std::pair<att_shape, std::vector<std::int32_t>>>{{{2, 5, 4, 2, 6}, {5, 3}},
+                                                                                      {{2, 4, 2, 1, 3}, {}},
+                                                                                      {{3, 3, 3, 3, 2}, {0, 2, 1}}}) {
+    const att_shape& s = item.first;  // named variables, not a structured binding: lambdas capture them
+    const std::vector<std::int32_t>& lengths = item.second;
+    const auto q0 = normal<double>(g, s.rows() * s.qcols()), k0 = normal<double>(g, s.rows() * s.kvcols()),
+               v0 = normal<double>(g, s.rows() * s.kvcols());
+    const auto gout = uniform<double>(g, s.rows() * s.qcols());
+    auto bl = to_backend(b, lengths.empty() ? std::vector<std::int32_t>{0} : lengths);
+    const backend_vector<decltype(b), const std::int32_t> lv =
+        lengths.empty() ? backend_vector<decltype(b), const std::int32_t>{} : bl.view().flat();
+    const auto loss = [&](const std::vector<double>& q, const std::vector<double>& k, const std::vector<double>& v) {
+      auto bq = to_backend(b, q, s.rows(), s.qcols());
+      auto bk = to_backend(b, k, s.rows(), s.kvcols());
+      auto bv = to_backend(b, v, s.rows(), s.kvcols());
+      auto out = allocate<double>(b, s.rows(), s.qcols());
+      causal_attention_forward(b, bq.view(), bk.view(), bv.view(), s.batch, s.n_heads, s.n_kv_heads, out.view(), {},
+                               lv);
+      const auto o = to_host(b, out.view());
+      double r = 0;
+      for (std::size_t i = 0; i < o.size(); ++i) r += o[i] * gout[i];
+      return r;
+    };
+    auto bq = to_backend(b, q0, s.rows(), s.qcols());
+    auto bk = to_backend(b, k0, s.rows(), s.kvcols());
+    auto bv = to_backend(b, v0, s.rows(), s.kvcols());
+    auto out = allocate<double>(b, s.rows(), s.qcols());
+    auto probs = allocate<double>(b, s.batch * s.n_heads * s.seq, s.seq);
+    causal_attention_forward(b, bq.view(), bk.view(), bv.view(), s.batch, s.n_heads, s.n_kv_heads, out.view(),
+                             probs.view(), lv);
+    auto bg = to_backend(b, gout, s.rows(), s.qcols());
+    auto dq = allocate_filled<double>(b, s.rows(), s.qcols(), 7.0);  // written, not accumulated
+    auto dk = allocate_filled<double>(b, s.rows(), s.kvcols(), 7.0);
+    auto dv = allocate_filled<double>(b, s.rows(), s.kvcols(), 7.0);
+    causal_attention_backward(b, bq.view(), bk.view(), bv.view(), probs.view(), bg.view(), s.batch, s.n_heads,
+                              s.n_kv_heads, dq.view(), dk.view(), dv.view(), lv);
+    const auto fd_q = numeric_gradient([&](const std::vector<double>& x) { return loss(x, k0, v0); }, q0);
+    const auto fd_k = numeric_gradient([&](const std::vector<double>& x) { return loss(q0, x, v0); }, k0);
+    const auto fd_v = numeric_gradient([&](const std::vector<double>& x) { return loss(q0, k0, x); }, v0);
+    CHECK_THAT(to_host(b, dq.view()), close_to<double>(fd_q, fd_rtol, fd_atol));
+    CHECK_THAT(to_host(b, dk.view()), close_to<double>(fd_k, fd_rtol, fd_atol));
+    CHECK_THAT(to_host(b, dv.view()), close_to<double>(fd_v, fd_rtol, fd_atol));
+    // Deterministic: a second backward gives the same bits.
+    auto dq2 = allocate<double>(b, s.rows(), s.qcols()), dk2 = allocate<double>(b, s.rows(), s.kvcols()),
+         dv2 = allocate<double>(b, s.rows(), s.kvcols());
+    causal_attention_backward(b, bq.view(), bk.view(), bv.view(), probs.view(), bg.view(), s.batch, s.n_heads,
+                              s.n_kv_heads, dq2.view(), dk2.view(), dv2.view(), lv);
+    CHECK(to_host(b, dq2.view()) == to_host(b, dq.view()));
+    CHECK(to_host(b, dk2.view()) == to_host(b, dk.view()));
+    CHECK(to_host(b, dv2.view()) == to_host(b, dv.view()));
+  }
+}
+
+TEMPLATE_LIST_TEST_CASE("attention: argument errors name the function and the argument",
+                        "[models][layers][attention][errors]", all_configs) {
+  using T = typename TestType::value;
+  const auto b = TestType::make();
+  // batch 2, T 3, Hq 4, Hkv 2, hd 2.
+  auto q = allocate_filled<T>(b, 6, 8, T(0));
+  auto k = allocate_filled<T>(b, 6, 4, T(0));
+  auto v = allocate_filled<T>(b, 6, 4, T(0));
+  auto out = allocate<T>(b, 6, 8);
+  auto probs = allocate<T>(b, 24, 3);
+  auto lengths = to_backend(b, std::vector<std::int32_t>{3, 1});
+  causal_attention_forward(b, q.view(), k.view(), v.view(), 2, 4, 2, out.view(), probs.view(),
+                           lengths.view().flat());  // fine
+  const char* fwd = "rlhf::causal_attention_forward";
+  CHECK_THROWS_WITH(causal_attention_forward(b, q.view(), k.view(), v.view(), 2, 4, 3, out.view(), probs.view()),
+                    Contains(fwd) && Contains("'n_kv_heads'") && Contains("dividing 'n_heads' (4)") &&
+                        Contains("received 3"));
+  CHECK_THROWS_WITH(causal_attention_forward(b, q.view(), k.view(), v.view(), 2, 4, 0, out.view(), probs.view()),
+                    Contains("'n_kv_heads'"));
+  CHECK_THROWS_WITH(causal_attention_forward(b, q.view(), k.view(), v.view(), 2, 0, 1, out.view(), probs.view()),
+                    Contains("'n_heads'"));
+  CHECK_THROWS_WITH(causal_attention_forward(b, q.view(), k.view(), v.view(), 4, 4, 2, out.view(), probs.view()),
+                    Contains(fwd) && Contains("'batch'"));
+  CHECK_THROWS_WITH(causal_attention_forward(b, q.view(), k.view(), v.view(), 2, 3, 1, out.view(), probs.view()),
+                    Contains(fwd) && Contains("'q'"));
+  auto k_bad = allocate_filled<T>(b, 6, 8, T(0));
+  CHECK_THROWS_WITH(causal_attention_forward(b, q.view(), k_bad.view(), v.view(), 2, 4, 2, out.view(), probs.view()),
+                    Contains(fwd) && Contains("'k'") && Contains("[6, 4]") && Contains("received [6, 8]"));
+  CHECK_THROWS_WITH(causal_attention_forward(b, q.view(), k.view(), k_bad.view(), 2, 4, 2, out.view(), probs.view()),
+                    Contains("'v'"));
+  auto out_bad = allocate<T>(b, 6, 4);
+  CHECK_THROWS_WITH(causal_attention_forward(b, q.view(), k.view(), v.view(), 2, 4, 2, out_bad.view(), probs.view()),
+                    Contains("'out'"));
+  auto probs_bad = allocate<T>(b, 24, 4);
+  CHECK_THROWS_WITH(causal_attention_forward(b, q.view(), k.view(), v.view(), 2, 4, 2, out.view(), probs_bad.view()),
+                    Contains(fwd) && Contains("'probs'") && Contains("[24, 3]"));
+  auto len_bad = to_backend(b, std::vector<std::int32_t>{4, 1});
+  CHECK_THROWS_WITH(causal_attention_forward(b, q.view(), k.view(), v.view(), 2, 4, 2, out.view(), probs.view(),
+                                             len_bad.view().flat()),
+                    Contains(fwd) && Contains("'lengths'") && Contains("[0, 3]"));
+  auto len_neg = to_backend(b, std::vector<std::int32_t>{-1, 1});
+  CHECK_THROWS_WITH(causal_attention_forward(b, q.view(), k.view(), v.view(), 2, 4, 2, out.view(), probs.view(),
+                                             len_neg.view().flat()),
+                    Contains("'lengths'"));
+  auto len_size = to_backend(b, std::vector<std::int32_t>{3});
+  CHECK_THROWS_WITH(causal_attention_forward(b, q.view(), k.view(), v.view(), 2, 4, 2, out.view(), probs.view(),
+                                             len_size.view().flat()),
+                    Contains("'lengths'") && Contains("size 2"));
+
+  {
+    auto nan_v = allocate_filled<T>(b, 6, 4, std::numeric_limits<T>::quiet_NaN());
+    set_finite_checks(true);
+    CHECK_THROWS_AS(causal_attention_forward(b, q.view(), k.view(), nan_v.view(), 2, 4, 2, out.view(), probs.view()),
+                    non_finite_error);
+    CHECK_THROWS_WITH(causal_attention_forward(b, q.view(), k.view(), nan_v.view(), 2, 4, 2, out.view(), probs.view()),
+                      Contains(fwd) && Contains("'v'"));
+    set_finite_checks(false);
+  }
+  const char* bwd = "rlhf::causal_attention_backward";
+  auto dq = allocate<T>(b, 6, 8), dk = allocate<T>(b, 6, 4), dv = allocate<T>(b, 6, 4);
+  CHECK_THROWS_WITH(causal_attention_backward(b, q.view(), k.view(), v.view(), {}, out.view(), 2, 4, 2, dq.view(),
+                                              dk.view(), dv.view()),
+                    Contains(bwd) && Contains("'probs'"));
+  CHECK_THROWS_WITH(causal_attention_backward(b, q.view(), k.view(), v.view(), probs.view(), out.view(), 2, 4, 3,
+                                              dq.view(), dk.view(), dv.view()),
+                    Contains(bwd) && Contains("'n_kv_heads'"));
+  CHECK_THROWS_WITH(causal_attention_backward(b, q.view(), k.view(), v.view(), probs.view(), out_bad.view(), 2, 4, 2,
+                                              dq.view(), dk.view(), dv.view()),
+                    Contains(bwd) && Contains("'d_out'"));
+  CHECK_THROWS_WITH(causal_attention_backward(b, q.view(), k.view(), v.view(), probs.view(), out.view(), 2, 4, 2,
+                                              out_bad.view(), dk.view(), dv.view()),
+                    Contains("'d_q'"));
+  CHECK_THROWS_WITH(causal_attention_backward(b, q.view(), k.view(), v.view(), probs.view(), out.view(), 2, 4, 2,
+                                              dq.view(), k_bad.view(), dv.view()),
+                    Contains("'d_k'"));
+  CHECK_THROWS_WITH(causal_attention_backward(b, q.view(), k.view(), v.view(), probs.view(), out.view(), 2, 4, 2,
+                                              dq.view(), dk.view(), k_bad.view()),
+                    Contains("'d_v'"));
+}
+
+TEMPLATE_LIST_TEST_CASE("attention: parallel loops give the serial reference backend's bits",
+                        "[models][layers][attention]", all_configs) {
+  using T = typename TestType::value;
+  const auto b = TestType::make();
+  const reference_backend ref;
+  auto g = rng(323);
+  // B * Hq * T = 32768 loop indices: enough for the Eigen backend to split the loops across threads.
+  const att_shape s{128, 64, 4, 4, 2};
+  const auto q = normal<T>(g, s.rows() * s.qcols()), k = normal<T>(g, s.rows() * s.kvcols()),
+             v = normal<T>(g, s.rows() * s.kvcols()), dout = normal<T>(g, s.rows() * s.qcols());
+  std::vector<std::int32_t> lengths;
+  for (auto n : random_lengths(g, s.batch, s.seq)) lengths.push_back(static_cast<std::int32_t>(n));
+  const auto run = [&](const auto& be) {
+    auto bq = to_backend(be, q, s.rows(), s.qcols()), bk = to_backend(be, k, s.rows(), s.kvcols()),
+         bv = to_backend(be, v, s.rows(), s.kvcols()), bd = to_backend(be, dout, s.rows(), s.qcols());
+    auto bl = to_backend(be, lengths);
+    auto out = allocate<T>(be, s.rows(), s.qcols());
+    auto probs = allocate<T>(be, s.batch * s.n_heads * s.seq, s.seq);
+    causal_attention_forward(be, bq.view(), bk.view(), bv.view(), s.batch, s.n_heads, s.n_kv_heads, out.view(),
+                             probs.view(), bl.view().flat());
+    auto dq = allocate<T>(be, s.rows(), s.qcols()), dk = allocate<T>(be, s.rows(), s.kvcols()),
+         dv = allocate<T>(be, s.rows(), s.kvcols());
+    causal_attention_backward(be, bq.view(), bk.view(), bv.view(), probs.view(), bd.view(), s.batch, s.n_heads,
+                              s.n_kv_heads, dq.view(), dk.view(), dv.view(), bl.view().flat());
+    return std::vector<std::vector<T>>{to_host(be, out.view()), to_host(be, dq.view()), to_host(be, dk.view()),
+                                       to_host(be, dv.view())};
+  };
+  const auto got = run(b), want = run(ref);
+  for (std::size_t i = 0; i < want.size(); ++i) CHECK(got[i] == want[i]);
+}
