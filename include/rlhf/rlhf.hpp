@@ -35,4 +35,27 @@
 #include "rlhf/advantages/kl_penalized_rewards.hpp"
 #include "rlhf/advantages/reward_normalization.hpp"
 
+#include "rlhf/data/json.hpp"
+#include "rlhf/data/safetensors.hpp"
+
+#include "rlhf/models/checkpoint.hpp"
+#include "rlhf/models/layers/attention.hpp"
+#include "rlhf/models/layers/embedding.hpp"
+#include "rlhf/models/layers/linear.hpp"
+#include "rlhf/models/layers/rms_norm.hpp"
+#include "rlhf/models/layers/rope.hpp"
+#include "rlhf/models/layers/swiglu.hpp"
+#include "rlhf/models/llama.hpp"
+#include "rlhf/models/llama2c_checkpoint.hpp"
+#include "rlhf/models/llama_config.hpp"
+#include "rlhf/models/parameters.hpp"
+#include "rlhf/models/tokenizer.hpp"
+
+#include "rlhf/optim/adamw.hpp"
+#include "rlhf/optim/ema.hpp"
+#include "rlhf/optim/gradient_clipping.hpp"
+#include "rlhf/optim/lr_schedule.hpp"
+#include "rlhf/optim/optimizer.hpp"
+#include "rlhf/optim/sgd.hpp"
+
 #include "rlhf/train/kl_controller.hpp"
