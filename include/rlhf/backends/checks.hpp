@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstddef>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -22,9 +23,10 @@ template <class T, class S>
 void check_shape(std::string_view function, std::string_view argument, matrix_view<T, S> got, std::size_t rows,
                  std::size_t cols, std::string_view why = {}) {
   if (got.rows != rows || got.cols != cols) {
-    std::string expected = "shape [" + std::to_string(rows) + ", " + std::to_string(cols) + "]";
-    if (!why.empty()) expected.append(" ").append(why);
-    throw_argument_error(function, argument, expected, shape_string(got));
+    std::ostringstream expected;
+    expected << "shape [" << rows << ", " << cols << ']';
+    if (!why.empty()) expected << ' ' << why;
+    throw_argument_error(function, argument, expected.str(), shape_string(got));
   }
 }
 
@@ -32,8 +34,9 @@ void check_shape(std::string_view function, std::string_view argument, matrix_vi
 template <class T, class U, class S>
 void check_same_shape(std::string_view function, std::string_view argument, matrix_view<T, S> got,
                       std::string_view reference_name, matrix_view<U, S> reference) {
-  check_shape(function, argument, got, reference.rows, reference.cols,
-              "(same as '" + std::string(reference_name) + "')");
+  std::ostringstream why;
+  why << "(same as '" << reference_name << "')";
+  check_shape(function, argument, got, reference.rows, reference.cols, why.str());
 }
 
 /// `got` must hold n elements.
@@ -41,9 +44,10 @@ template <class T, class S>
 void check_size(std::string_view function, std::string_view argument, vector_view<T, S> got, std::size_t n,
                 std::string_view why = {}) {
   if (got.size != n) {
-    std::string expected = "size " + std::to_string(n);
-    if (!why.empty()) expected.append(" ").append(why);
-    throw_argument_error(function, argument, expected, shape_string(got));
+    std::ostringstream expected;
+    expected << "size " << n;
+    if (!why.empty()) expected << ' ' << why;
+    throw_argument_error(function, argument, expected.str(), shape_string(got));
   }
 }
 

@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <sstream>
 #include <string>
 #include <type_traits>
 
@@ -145,13 +146,18 @@ struct is_matrix_view<matrix_view<T, S>> : std::true_type {};
 }  // namespace detail
 
 /// Shape as text, for error messages: "[rows, cols]" or "[size]".
+/// (Built with a stream: GCC 12 warns falsely, -Wrestrict, on "literal" + std::string at -O2.)
 template <class T, class S>
 std::string shape_string(matrix_view<T, S> m) {
-  return "[" + std::to_string(m.rows) + ", " + std::to_string(m.cols) + "]";
+  std::ostringstream os;
+  os << '[' << m.rows << ", " << m.cols << ']';
+  return os.str();
 }
 template <class T, class S>
 std::string shape_string(vector_view<T, S> v) {
-  return "[" + std::to_string(v.size) + "]";
+  std::ostringstream os;
+  os << '[' << v.size << ']';
+  return os.str();
 }
 
 }  // namespace rlhf
