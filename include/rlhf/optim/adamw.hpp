@@ -128,10 +128,12 @@ class adamw {
     detail::check_reduce_backend<B>();
     constexpr const char* fn = "rlhf::adamw::step";
     prepare_impl(b, params, fn);
-    for (std::size_t i = 0; i < params.size(); ++i) {
-      if (!detail::is_frozen(params[i])) {
-        detail::check_finite(b, fn, "params[" + std::to_string(i) + "].grad ('" + params[i].name + "')",
-                             params[i].grad);
+    if (finite_checks_enabled()) {  // the opt-in check; skip building names when it is off
+      for (std::size_t i = 0; i < params.size(); ++i) {
+        if (!detail::is_frozen(params[i])) {
+          detail::check_finite(b, fn, "params[" + std::to_string(i) + "].grad ('" + params[i].name + "')",
+                               params[i].grad);
+        }
       }
     }
     ++steps_;

@@ -155,21 +155,24 @@ void check_parameter_list(std::string_view function, const parameter_list<T, S>&
   names.reserve(params.size());
   for (std::size_t i = 0; i < params.size(); ++i) {
     const auto& p = params[i];
-    const std::string arg = "params[" + std::to_string(i) + "]" + (p.name.empty() ? "" : " ('" + p.name + "')");
-    if (p.name.empty()) throw_argument_error(function, arg, "a non-empty parameter name", "\"\"");
+    // Named only when something is wrong: this runs on every optimizer step.
+    const auto arg_name = [&] {
+      return "params[" + std::to_string(i) + "]" + (p.name.empty() ? "" : " ('" + p.name + "')");
+    };
+    if (p.name.empty()) throw_argument_error(function, arg_name(), "a non-empty parameter name", "\"\"");
     if (p.value.size() != 0 && p.value.data == nullptr) {
-      throw_argument_error(function, arg + ".value", "a view with data for shape " + shape_string(p.value),
+      throw_argument_error(function, arg_name() + ".value", "a view with data for shape " + shape_string(p.value),
                            "a null pointer");
     }
     if (is_frozen(p)) {
       if (!allow_frozen) {
-        throw_argument_error(function, arg + ".grad", "shape " + shape_string(p.value) + " (same as 'value')",
+        throw_argument_error(function, arg_name() + ".grad", "shape " + shape_string(p.value) + " (same as 'value')",
                              "an empty view");
       }
     } else {
-      check_same_shape(function, arg + ".grad", p.grad, "value", p.value);
+      check_same_shape(function, arg_name() + ".grad", p.grad, "value", p.value);
       if (p.grad.size() != 0 && p.grad.data == nullptr) {
-        throw_argument_error(function, arg + ".grad", "a view with data for shape " + shape_string(p.grad),
+        throw_argument_error(function, arg_name() + ".grad", "a view with data for shape " + shape_string(p.grad),
                              "a null pointer");
       }
     }
