@@ -2,6 +2,7 @@
 // round trips of every dtype, truncation at every byte, corrupted and hand-crafted headers (every
 // rule of the format), atomic replacement and clean-up of the temporary file.
 #include "test_support.hpp"
+#include "temp_files.hpp"
 
 #include <cstring>
 #include <filesystem>
@@ -13,43 +14,10 @@
 #include "rlhf/data/safetensors.hpp"
 
 using namespace rlhf;
+using namespace rlhf::test;
 namespace fs = std::filesystem;
 
 namespace {
-
-// A fresh directory under the system temp directory, removed with its contents at scope exit.
-struct temp_dir {
-  fs::path path;
-  temp_dir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("rlhf_safetensors_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  fs::path operator/(const std::string& name) const { return path / name; }
-  // Names of the entries in the directory, sorted.
-  std::vector<std::string> entries() const {
-    std::vector<std::string> out;
-    for (const auto& e : fs::directory_iterator(path)) out.push_back(e.path().filename().string());
-    std::sort(out.begin(), out.end());
-    return out;
-  }
-};
-
-std::vector<unsigned char> read_bytes(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-void write_bytes(const fs::path& p, const std::vector<unsigned char>& bytes) {
-  std::ofstream out(p, std::ios::binary | std::ios::trunc);
-  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-}
 
 // A file made by hand: the 8-byte length of `header`, the header, then `buffer_size` bytes 0, 1, 2, ...
 void craft(const fs::path& p, const std::string& header, std::size_t buffer_size, std::uint64_t length_override = 0) {
@@ -91,7 +59,7 @@ struct sample {
 }  // namespace
 
 TEST_CASE("safetensors: a tiny file has exactly the documented bytes", "[data][safetensors]") {
-  temp_dir dir;
+  temp_dir dir("rlhf_safetensors_test");
   const std::vector<std::int32_t> a = {1, -2};
   const std::vector<double> w = {1.0};
   // Given in the "wrong" order: the file puts 8-byte elements first, then 4-byte ones.
@@ -122,7 +90,7 @@ TEST_CASE("safetensors: a tiny file has exactly the documented bytes", "[data][s
 }
 
 TEST_CASE("safetensors: round trip of every dtype, scalars, empty tensors and metadata", "[data][safetensors]") {
-  temp_dir dir;
+  temp_dir dir("rlhf_safetensors_test");
   const sample s;
   const std::map<std::string, std::string> meta = {{"config", R"({"dim": 64})"}, {"format", "pt"}, {"\xC3\xA9", ""}};
   write_safetensors(dir / "m.safetensors", s.refs(), meta);
@@ -188,7 +156,7 @@ TEST_CASE("safetensors: round trip of every dtype, scalars, empty tensors and me
 }
 
 TEST_CASE("safetensors: a file cut at any byte is rejected, naming the file", "[data][safetensors][truncation]") {
-  temp_dir dir;
+  temp_dir dir("rlhf_safetensors_test");
   const sample s;
   const fs::path full = dir / "full.safetensors";
   write_safetensors(full, s.refs(), {{"config", "{}"}});
@@ -224,7 +192,7 @@ TEST_CASE("safetensors: a file cut at any byte is rejected, naming the file", "[
 }
 
 TEST_CASE("safetensors: corrupted header lengths are rejected", "[data][safetensors]") {
-  temp_dir dir;
+  temp_dir dir("rlhf_safetensors_test");
   const fs::path p = dir / "c.safetensors";
   const std::string h = R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})";
   craft(p, h, 2);
@@ -259,7 +227,7 @@ TEST_CASE("safetensors: corrupted header lengths are rejected", "[data][safetens
 }
 
 TEST_CASE("safetensors: every header rule is enforced with a message naming the tensor", "[data][safetensors]") {
-  temp_dir dir;
+  temp_dir dir("rlhf_safetensors_test");
   const fs::path p = dir / "h.safetensors";
   const auto err = [&](const std::string& header, std::size_t buffer) {
     craft(p, header, buffer);
@@ -337,7 +305,7 @@ TEST_CASE("safetensors: every header rule is enforced with a message naming the 
 }
 
 TEST_CASE("safetensors: random corruption of a valid file never crashes", "[data][safetensors][property]") {
-  temp_dir dir;
+  temp_dir dir("rlhf_safetensors_test");
   const sample s;
   write_safetensors(dir / "ok.safetensors", s.refs(), {{"config", "{\"dim\": 4}"}});
   const auto bytes = read_bytes(dir / "ok.safetensors");
@@ -362,7 +330,7 @@ TEST_CASE("safetensors: random corruption of a valid file never crashes", "[data
 }
 
 TEST_CASE("safetensors: writes are atomic and leave no temporary files", "[data][safetensors][atomic]") {
-  temp_dir dir;
+  temp_dir dir("rlhf_safetensors_test");
   const fs::path target = dir / "model.safetensors";
   const std::vector<float> old_values = {1, 2, 3};
   write_safetensors(target, {make_tensor_ref<float>("w", old_values, {3})});

@@ -2,6 +2,7 @@
 // shape / dtype / missing / unexpected tensors (with the model left untouched), truncated files, the
 // atomic save, and the hidden fixture writer used by tests/data/check_safetensors.py.
 #include "test_support.hpp"
+#include "temp_files.hpp"
 
 #include <cstdlib>
 #include <filesystem>
@@ -17,30 +18,6 @@ using namespace rlhf::test;
 namespace fs = std::filesystem;
 
 namespace {
-
-struct temp_dir {
-  fs::path path;
-  temp_dir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("rlhf_checkpoint_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  fs::path operator/(const std::string& name) const { return path / name; }
-  std::size_t count() const {
-    return static_cast<std::size_t>(std::distance(fs::directory_iterator(path), fs::directory_iterator()));
-  }
-};
-
-std::vector<unsigned char> read_bytes(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
 
 // A tiny "model": owns value and gradient buffers for a few named shapes and lends them as a
 // parameter_list, the way the real models do.
@@ -97,7 +74,7 @@ TEMPLATE_LIST_TEST_CASE("checkpoint: save then load restores parameters, extras 
   using T = typename TestType::value;
   using B = typename TestType::backend;
   const auto b = TestType::make();
-  temp_dir dir;
+  temp_dir dir("rlhf_checkpoint_test");
   const fs::path path = dir / "model.safetensors";
 
   tiny_model<B, T> saved(b, llama_like_specs<B, T>(), T(0));
@@ -165,7 +142,7 @@ TEMPLATE_LIST_TEST_CASE("checkpoint: wrong shape, dtype or a missing tensor fail
   using B = typename TestType::backend;
   using Other = std::conditional_t<std::is_same_v<T, float>, double, float>;
   const auto b = TestType::make();
-  temp_dir dir;
+  temp_dir dir("rlhf_checkpoint_test");
   const fs::path path = dir / "model.safetensors";
   tiny_model<B, T> saved(b, {{"layers.0.attention.wq", 64, 32}, {"norm", 1, 8}}, T(1));
   save_checkpoint(b, path, saved.parameters());
@@ -209,7 +186,7 @@ TEMPLATE_LIST_TEST_CASE("checkpoint: bad names, truncated files and failed saves
   using T = typename TestType::value;
   using B = typename TestType::backend;
   const auto b = TestType::make();
-  temp_dir dir;
+  temp_dir dir("rlhf_checkpoint_test");
   const fs::path path = dir / "model.safetensors";
   tiny_model<B, T> model(b, {{"a", 2, 3}, {"b", 1, 5}}, T(2));
   save_checkpoint(b, path, model.parameters(), {}, {{"config", "{}"}});
