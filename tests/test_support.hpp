@@ -20,6 +20,9 @@
 #if RLHF_TEST_HAS_EIGEN
 #include "rlhf/backends/eigen.hpp"
 #endif
+#if RLHF_TEST_HAS_THRUST
+#include "rlhf/backends/thrust.hpp"
+#endif
 
 namespace rlhf::test {
 
@@ -40,6 +43,14 @@ using all_configs = std::tuple<config<rlhf::reference_backend, double>, config<r
                                config<rlhf::generic_only<rlhf::eigen_backend>, double>,
                                config<rlhf::generic_only<rlhf::eigen_backend>, float>
 #endif
+#if RLHF_TEST_HAS_THRUST
+                               ,
+                               config<rlhf::thrust_cpp_backend, double>, config<rlhf::thrust_cpp_backend, float>
+#endif
+#if RLHF_TEST_HAS_THRUST && RLHF_TEST_HAS_THRUST_OMP
+                               ,
+                               config<rlhf::thrust_omp_backend, double>, config<rlhf::thrust_omp_backend, float>
+#endif
                                >;
 
 /// Double-precision configurations only: finite-difference gradient checks run on these.
@@ -48,6 +59,14 @@ using double_configs = std::tuple<config<rlhf::reference_backend, double>
                                   ,
                                   config<rlhf::eigen_backend, double>,
                                   config<rlhf::generic_only<rlhf::eigen_backend>, double>
+#endif
+#if RLHF_TEST_HAS_THRUST
+                                  ,
+                                  config<rlhf::thrust_cpp_backend, double>
+#endif
+#if RLHF_TEST_HAS_THRUST && RLHF_TEST_HAS_THRUST_OMP
+                                  ,
+                                  config<rlhf::thrust_omp_backend, double>
 #endif
                                   >;
 

@@ -11,6 +11,9 @@
 #if CONSUMER_USES_EIGEN
 #include "rlhf/backends/eigen.hpp"
 #endif
+#if CONSUMER_USES_THRUST
+#include "rlhf/backends/thrust.hpp"
+#endif
 
 template <class B>
 int run(const B& b, const char* name) {
@@ -44,6 +47,9 @@ int main() {
   int failures = run(rlhf::reference_backend{}, "reference");
 #if CONSUMER_USES_EIGEN
   failures += run(rlhf::eigen_backend{}, "eigen");
+#endif
+#if CONSUMER_USES_THRUST
+  failures += run(rlhf::thrust_cpp_backend{}, "thrust_cpp");
 #endif
   if (failures == 0) std::printf("rlhf consumer OK (rlhf %s)\n", rlhf::version_string);
   return failures;
