@@ -3,6 +3,13 @@
 
 #if RLHF_TEST_HAS_EIGEN
 #include "rlhf/backends/eigen.hpp"
+#include "rlhf/losses/ppo_clip_loss.hpp"
+#include "rlhf/losses/ranking_loss.hpp"
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
 
 using namespace rlhf;
 using namespace rlhf::test;
@@ -24,5 +31,272 @@ TEMPLATE_TEST_CASE("eigen reductions give identical bits on 1 and 2 threads", "[
 TEST_CASE("eigen backend satisfies every concept", "[backends][eigen]") {
   STATIC_REQUIRE(complete_backend<eigen_backend>);
   STATIC_REQUIRE(complete_backend<generic_only<eigen_backend>>);
+}
+// ---------------------------------------------------------------------------------------------------
+// The fused PPO-clip kernel (backends/eigen/ppo_clip_loss.hpp) against the generic path, which computes
+// every term in double: random masked inputs covering the unclipped, clipped, dual-clip and clamped
+// regions, every aggregation mode, forward and backward, float and double.
+
+namespace {
+
+// Log-ratios whose region is decided by rounding alone (the float kernel and the double generic path
+// could disagree on it) are moved away from every boundary: the clip bounds, the dual-clip constant and
+// the clamp.
+double away_from_boundaries(double raw, const ppo_clip_options& o) {
+  std::vector<double> edges = {std::log(1 - o.eps_low), std::log1p(o.eps_high)};
+  if (o.dual_clip > 0) edges.push_back(std::log(o.dual_clip));
+  if (o.log_ratio_clamp > 0) edges.push_back(o.log_ratio_clamp), edges.push_back(-o.log_ratio_clamp);
+  for (int pass = 0; pass < 3; ++pass)
+    for (double e : edges)
+      if (std::abs(raw - e) < 1e-3) raw = e + 2e-3;
+  return raw;
+}
+
+struct ppo_case {
+  std::vector<double> logp, old_logp, adv;
+  std::vector<mask_type> mask;
+};
+
+ppo_case make_ppo_case(std::mt19937_64& g, std::size_t rows, std::size_t cols, const ppo_clip_options& o) {
+  ppo_case c;
+  const std::size_t n = rows * cols;
+  c.old_logp = uniform<double>(g, n, -4, -0.1);
+  const auto raw = normal<double>(g, n, 0.0, 0.8);  // ratios from ~0.1 to ~10: every region is hit
+  c.adv = normal<double>(g, n, 0.0, 1.0);
+  c.logp.resize(n);
+  for (std::size_t i = 0; i < n; ++i) c.logp[i] = c.old_logp[i] + away_from_boundaries(raw[i], o);
+  // Ragged lengths and interior holes; one fully masked row.
+  const auto lengths = random_lengths(g, rows, cols, 1);
+  c.mask = mask_from_lengths(lengths, cols);
+  const auto holes = random_mask(g, n, 0.8);
+  for (std::size_t i = 0; i < n; ++i) c.mask[i] = static_cast<mask_type>(c.mask[i] & holes[i]);
+  for (std::size_t j = 0; j < cols; ++j) c.mask[(rows / 2) * cols + j] = 0;
+  // Masked positions may hold anything: NaN must not leak into the loss or the gradient.
+  for (std::size_t i = 0; i < n; i += 7)
+    if (!c.mask[i]) c.logp[i] = std::numeric_limits<double>::quiet_NaN();
+  return c;
+}
+
+template <class T>
+struct ppo_run {
+  ppo_clip_stats stats;
+  std::vector<T> grad;
+};
+
+template <class B, class T>
+ppo_run<T> run_ppo(const B& b, const ppo_case& c, std::size_t rows, std::size_t cols, const ppo_clip_options& o,
+                   const loss_aggregation& agg, bool want_grad) {
+  auto lp = to_backend(b, cast<T>(c.logp), rows, cols);
+  auto old = to_backend(b, cast<T>(c.old_logp), rows, cols);
+  auto adv = to_backend(b, cast<T>(c.adv), rows, cols);
+  auto m = to_backend(b, c.mask, rows, cols);
+  auto d = allocate<T>(b, rows, cols);
+  ppo_run<T> out;
+  out.stats = ppo_clip_loss(b, lp.view(), old.view(), adv.view(), m.view(),
+                            want_grad ? d.view() : backend_matrix<B, T>{}, o, agg);
+  if (want_grad) out.grad = std::vector<T>(d.data(), d.data() + rows * cols);
+  return out;
+}
+
+template <class T>
+void check_same_stats(const ppo_clip_stats& got, const ppo_clip_stats& want) {
+  // float: per-element terms in float (~1e-7 relative), sums in double.
+  const double rtol = std::is_same_v<T, float> ? 1e-6 : 1e-12;
+  const double atol = std::is_same_v<T, float> ? 1e-7 : 1e-14;
+  const auto close = [&](double a, double w) { return std::abs(a - w) <= atol + rtol * std::abs(w); };
+  CHECK(close(got.loss, want.loss));
+  CHECK(close(got.approx_kl, want.approx_kl));
+  CHECK(close(got.policy_kl, want.policy_kl));
+  CHECK(close(got.mean_ratio, want.mean_ratio));
+  CHECK(got.clip_fraction == want.clip_fraction);
+  CHECK(got.dual_clip_fraction == want.dual_clip_fraction);
+  CHECK(got.token_count == want.token_count);
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("eigen ppo_clip_loss kernel matches the generic path", "[backends][eigen][ppo]", float, double) {
+  using T = TestType;
+  auto g = rng(21);
+  const std::size_t rows = 9, cols = 1100;  // two full chunks and a partial one per row
+  ppo_clip_options clamp_bites = ppo_clip_options::verl();
+  clamp_bites.log_ratio_clamp = 1.0;  // ~20 % of the log-ratios are clamped
+  clamp_bites.dual_clip = 2.0;        // below e^1, so clamped ratios can still be dual-clipped
+  const std::vector<ppo_clip_options> presets = {ppo_clip_options::instructgpt(), ppo_clip_options::verl(),
+                                                 ppo_clip_options::zgl(), ppo_clip_options::orl(0.2, 0.28, 3.0),
+                                                 clamp_bites};
+  const std::vector<loss_aggregation> modes = {
+      loss_aggregation::token_mean(), loss_aggregation::token_mean_global(12345.0),
+      loss_aggregation::seq_mean_token_mean(), loss_aggregation::seq_mean_token_sum(),
+      loss_aggregation::seq_mean_token_sum_norm(), loss_aggregation::seq_mean_token_sum_norm(4096)};
+  const eigen_backend fused(1);
+  const generic_only<eigen_backend> generic{};
+  for (const auto& o : presets) {
+    const ppo_case c = make_ppo_case(g, rows, cols, o);
+    for (const auto& agg : modes) {
+      const auto want = run_ppo<decltype(generic), T>(generic, c, rows, cols, o, agg, true);
+      const auto got = run_ppo<eigen_backend, T>(fused, c, rows, cols, o, agg, true);
+      check_same_stats<T>(got.stats, want.stats);
+      // float: w_r * (-A rho) with rho from a float exp: a few ulp.
+      CHECK_THAT(got.grad, close_to<T>(want.grad, std::is_same_v<T, float> ? 2e-6 : 1e-12, 1e-30));
+      const auto fwd = run_ppo<eigen_backend, T>(fused, c, rows, cols, o, agg, false);
+      CHECK(fwd.stats.loss == got.stats.loss);
+      CHECK(fwd.stats.clip_fraction == got.stats.clip_fraction);
+    }
+    // The inputs really cover every region.
+    const auto s = run_ppo<eigen_backend, T>(fused, c, rows, cols, o, {}, false).stats;
+    CHECK(s.clip_fraction > 0.1);
+    if (o.dual_clip > 0) CHECK(s.dual_clip_fraction > 0.005);
+  }
+}
+
+TEMPLATE_TEST_CASE("eigen ppo_clip_loss kernel: gradient 0 where clipped, dual-clipped, clamped or masked",
+                   "[backends][eigen][ppo]", float, double) {
+  using T = TestType;
+  // One row, token_mean over 5 valid tokens (w = 1/5); eps 0.2, dual clip c = 2, clamp 1.
+  //   t0: rho = e^0.1 = 1.105171, A = 1: unclipped, loss -1.105171, grad -1.105171 / 5 = -0.221034
+  //   t1: rho = e^0.5 = 1.648721, A = 1: clipped (-1.2 > -1.6487), loss -1.2, grad 0
+  //   t2: log-ratio 1.5 clamped to 1, rho = 2.718282, A = -1: 2.718 > c|A| = 2: dual, loss 2, grad 0
+  //   t3: rho = e^0.9 = 2.459603, A = -2: 4.919 > c|A| = 4: dual, loss 4, grad 0
+  //   t4: masked
+  //   t5: rho = e^-0.9 = 0.406570, A = -4: l1 = 1.626, l2 = 4 * 0.8 = 3.2: clipped, 3.2 < 8: loss 3.2
+  // loss = (-1.105171 - 1.2 + 2 + 4 + 3.2) / 5 = 1.378966
+  const std::vector<double> raw = {0.1, 0.5, 1.5, 0.9, 1.2, -0.9};
+  const std::vector<double> adv = {1, 1, -1, -2, -0.5, -4};
+  const std::vector<mask_type> mask = {1, 1, 1, 1, 0, 1};
+  std::vector<double> old(6, -1.0), lp(6);
+  for (std::size_t i = 0; i < 6; ++i) lp[i] = old[i] + raw[i];
+  ppo_clip_options o{0.2, 0.2, 2.0, 1.0};
+  const eigen_backend b(1);
+  auto blp = to_backend(b, cast<T>(lp), 1, 6), bold = to_backend(b, cast<T>(old), 1, 6);
+  auto badv = to_backend(b, cast<T>(adv), 1, 6);
+  auto bm = to_backend(b, mask, 1, 6);
+  auto d = allocate<T>(b, 1, 6);
+  const auto s = ppo_clip_loss(b, blp.view(), bold.view(), badv.view(), bm.view(), d.view(), o);
+  const std::vector<T> grad(d.data(), d.data() + 6);
+  CHECK_THAT(grad, close_to<T>(std::vector<double>{-std::exp(0.1) / 5, 0, 0, 0, 0, 0}));
+  CHECK(near<T>(s.loss, (-std::exp(0.1) - 1.2 + 2 + 4 + 3.2) / 5));
+  CHECK(std::abs(s.loss - 1.378966) < 1e-6);
+  CHECK(s.clip_fraction == 2.0 / 5);       // t1 and t5
+  CHECK(s.dual_clip_fraction == 2.0 / 5);  // t2 and t3
+  CHECK(s.token_count == 5);
+}
+
+TEST_CASE("eigen ppo_clip_loss kernel: identical bits on 1 and 2 threads", "[backends][eigen][ppo]") {
+  auto g = rng(22);
+  const std::size_t rows = 64, cols = 700;  // above eigen_backend::parallel_threshold
+  const auto o = ppo_clip_options::verl();
+  const ppo_case c = make_ppo_case(g, rows, cols, o);
+  const auto one = run_ppo<eigen_backend, float>(eigen_backend(1), c, rows, cols, o, {}, true);
+  const auto two = run_ppo<eigen_backend, float>(eigen_backend(2), c, rows, cols, o, {}, true);
+  CHECK(one.stats.loss == two.stats.loss);
+  CHECK(one.stats.approx_kl == two.stats.approx_kl);
+  CHECK(one.grad == two.grad);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The ranking-loss kernel (backends/eigen/ranking_loss.hpp) against the generic path: ragged K, ties,
+// NaN beyond the counts, margins, both centering forms, both normalizations, forward and backward.
+
+namespace {
+
+struct ranking_case {
+  std::vector<double> rewards;
+  std::vector<std::int32_t> ranks, counts;
+};
+
+ranking_case make_ranking_case(std::mt19937_64& g, std::size_t prompts, std::size_t kmax, double scale) {
+  ranking_case c;
+  c.rewards = normal<double>(g, prompts * kmax, 0.0, scale);
+  c.ranks.assign(prompts * kmax, 0);
+  c.counts.assign(prompts, 0);
+  std::uniform_int_distribution<std::int32_t> kd(2, static_cast<std::int32_t>(kmax));
+  for (std::size_t p = 0; p < prompts; ++p) {
+    const std::int32_t k = p == 0 ? static_cast<std::int32_t>(kmax) : kd(g);  // prompt 0 uses every column
+    c.counts[p] = k;
+    std::uniform_int_distribution<std::int32_t> rd(0, k - 1);  // repeats make ties
+    for (std::size_t i = 0; i < kmax; ++i) {
+      if (i < static_cast<std::size_t>(k)) c.ranks[p * kmax + i] = rd(g);
+      else c.ranks[p * kmax + i] = -7, c.rewards[p * kmax + i] = std::numeric_limits<double>::quiet_NaN();
+    }
+  }
+  return c;
+}
+
+template <class T, class B>
+std::pair<ranking_loss_stats, std::vector<T>> run_ranking(const B& b, const ranking_case& c, std::size_t prompts,
+                                                          std::size_t kmax, const ranking_loss_options& o,
+                                                          bool want_grad) {
+  auto r = to_backend(b, cast<T>(c.rewards), prompts, kmax);
+  auto rk = to_backend(b, c.ranks, prompts, kmax);
+  auto n = to_backend(b, c.counts);
+  auto d = allocate<T>(b, prompts, kmax);
+  const auto s = ranking_loss<B, T>(b, r.view(), rk.view(), n.view().flat(),
+                                    want_grad ? d.view() : backend_matrix<B, T>{}, o);
+  std::vector<T> grad;
+  if (want_grad) grad.assign(d.data(), d.data() + prompts * kmax);
+  return {s, grad};
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("eigen ranking_loss kernel matches the generic path", "[backends][eigen][ranking]", float, double) {
+  using T = TestType;
+  auto g = rng(23);
+  const std::vector<ranking_loss_options> presets = {
+      ranking_loss_options::instructgpt(), ranking_loss_options::trl(0.3, 0.01), ranking_loss_options::orl(0.5),
+      ranking_loss_options::nemo(),
+      ranking_loss_options{0.1, 0.05, centering_form::squared_rewards, pair_normalization::compared_pairs}};
+  const eigen_backend fused(1);
+  const generic_only<eigen_backend> generic{};
+  // (prompts, K_max, reward scale): small K, the benchmark's K = 9, many pairs, and gaps of +-100
+  // (softplus far in both tails).
+  const std::vector<std::tuple<std::size_t, std::size_t, double>> shapes = {
+      {13, 4, 1.0}, {17, 9, 1.0}, {5, 40, 2.0}, {11, 6, 100.0}};
+  for (const auto& [prompts, kmax, scale] : shapes) {
+    const ranking_case c = make_ranking_case(g, prompts, kmax, scale);
+    for (const auto& o : presets) {
+      const auto want = run_ranking<T>(generic, c, prompts, kmax, o, true);
+      const auto got = run_ranking<T>(fused, c, prompts, kmax, o, true);
+      CHECK(near<T>(got.first.loss, want.first.loss));
+      CHECK(near<T>(got.first.pair_loss, want.first.pair_loss));
+      CHECK(near<T>(got.first.center_loss, want.first.center_loss));
+      CHECK(near<T>(got.first.mean_margin, want.first.mean_margin));
+      CHECK(got.first.accuracy == want.first.accuracy);
+      CHECK(got.first.compared_pairs == want.first.compared_pairs);
+      CHECK(std::isfinite(got.first.loss));
+      CHECK_THAT(got.second, close_to<T>(want.second));
+      const auto fwd = run_ranking<T>(fused, c, prompts, kmax, o, false);
+      CHECK(fwd.first.loss == got.first.loss);
+    }
+  }
+}
+
+TEST_CASE("eigen ranking_loss kernel: hand-computed K = 3 and identical bits on 1 and 2 threads",
+          "[backends][eigen][ranking]") {
+  // One prompt, rewards (1, 0, 0.5), ranks (0, 2, 1): pairs (0>1) gap 1, (0>2) gap 0.5, (2>1) gap 0.5.
+  // loss = [softplus(-1) + 2 softplus(-0.5)] / 3 = [0.3132617 + 2 * 0.4740770] / 3 = 0.4204719
+  // d r0 = -(sigma(-1) + sigma(-0.5)) / 3 = -(0.2689414 + 0.3775407) / 3 = -0.2154940
+  // d r1 = (sigma(-1) + sigma(-0.5)) / 3 = 0.2154940, d r2 = (sigma(-0.5) - sigma(-0.5)) / 3 = 0
+  const eigen_backend b(1);
+  auto r = to_backend(b, std::vector<double>{1.0, 0.0, 0.5}, 1, 3);
+  auto rk = to_backend(b, std::vector<std::int32_t>{0, 2, 1}, 1, 3);
+  auto n = to_backend(b, std::vector<std::int32_t>{3});
+  auto d = allocate<double>(b, 1, 3);
+  const auto s = ranking_loss<eigen_backend, double>(b, r.view(), rk.view(), n.view().flat(), d.view());
+  const auto sp = [](double x) { return std::log1p(std::exp(-x)); };
+  const auto sg = [](double x) { return 1.0 / (1.0 + std::exp(x)); };
+  CHECK(near<double>(s.loss, (sp(1.0) + 2 * sp(0.5)) / 3));
+  CHECK(std::abs(s.loss - 0.4204719) < 1e-7);
+  const std::vector<double> grad(d.data(), d.data() + 3);
+  CHECK_THAT(grad, close_to<double>(std::vector<double>{-(sg(1) + sg(0.5)) / 3, (sg(1) + sg(0.5)) / 3, 0.0}));
+
+  auto g = rng(24);
+  const std::size_t prompts = 1000, kmax = 9;  // P * K^2 above the parallel threshold
+  const ranking_case c = make_ranking_case(g, prompts, kmax, 1.0);
+  const auto one = run_ranking<float>(eigen_backend(1), c, prompts, kmax, ranking_loss_options::trl(0.1, 0.01), true);
+  const auto two = run_ranking<float>(eigen_backend(2), c, prompts, kmax, ranking_loss_options::trl(0.1, 0.01), true);
+  CHECK(one.first.loss == two.first.loss);
+  CHECK(one.second == two.second);
 }
 #endif

@@ -45,6 +45,8 @@ struct eigen_backend {
   static constexpr std::size_t reduce_block = 4096;
   /// Below this many elements (or rows x cols work) loops stay on the calling thread.
   static constexpr std::size_t parallel_threshold = 1 << 15;
+  /// Multiply-adds from which a GEMM uses the backend's threads (below: one thread).
+  static constexpr double parallel_gemm_work = double(1 << 24);
 
   /// Threads for parallel loops; 0 means OpenMP's default (OMP_NUM_THREADS or the core count).
   int num_threads = 0;
@@ -196,6 +198,14 @@ struct eigen_backend {
     const_map bm(b.data, rows_of(b), cols_of(b));
     Eigen::Map<matrix> cm(c.data, rows_of(c), cols_of(c));
     if (c.rows == 0 || c.cols == 0) return;
+#if defined(_OPENMP)
+    // Eigen's product parallelizes itself with OpenMP over omp_get_max_threads() unless told otherwise;
+    // it must use this backend's thread count, and one thread for small products, whose fork/join costs
+    // more than it saves (the small GEMMs of a 260K-parameter model ran 30x slower on 2 busy cores).
+    const double work = static_cast<double>(c.rows) * static_cast<double>(c.cols) *
+                        static_cast<double>(op_a == transpose::no ? a.cols : a.rows);
+    Eigen::setNbThreads(work >= parallel_gemm_work ? threads() : 1);
+#endif
     if (beta == T(0)) {
       cm.setZero();  // beta == 0 must not propagate NaN from uninitialised C (BLAS semantics).
     } else if (beta != T(1)) {
@@ -220,3 +230,5 @@ using backends::eigen_backend;
 // Included after eigen_backend is complete; each of them includes this header for its own use.
 #include "rlhf/backends/eigen/gae.hpp"
 #include "rlhf/backends/eigen/token_logprobs.hpp"
+#include "rlhf/backends/eigen/ppo_clip_loss.hpp"
+#include "rlhf/backends/eigen/ranking_loss.hpp"

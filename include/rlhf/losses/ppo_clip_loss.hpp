@@ -149,8 +149,10 @@ ppo_row_sums ppo_clip_loss_generic(const B& b, backend_matrix<B, const T> logp, 
 /// term is active, and 0 where the clipped term is strictly active, where the dual clip is active, or
 /// where the log-ratio clamp bites; 0 on masked positions.
 ///
-/// Passes: the row weights (one reduce over the mask), one element pass for the gradient, one row
-/// reduction for the loss and statistics. Allocates two [B] scratch vectors.
+/// Passes (generic path): the row weights (one reduce over the mask), one element pass for the gradient,
+/// one row reduction for the loss and statistics. Allocates two [B] scratch vectors. A backend may
+/// provide `rlhf_specialized_ppo_clip_loss_aggregated` (computes the row weights itself; the Eigen
+/// backend's fused kernel) or `rlhf_specialized_ppo_clip_loss` (given the row weights).
 /// @tparam B backend (rlhf::reduce_backend)
 /// @tparam TX element type of logp: float or double, const or not
 /// @param b backend handle
@@ -193,23 +195,37 @@ ppo_clip_stats ppo_clip_loss(const B& b, matrix_view<TX, detail::space_of<B>> lo
   detail::check_finite(b, fn, "old_logp", old_logp);
   detail::check_finite(b, fn, "advantages", advantages);
 
-  auto wbuf = detail::allocate_row_weights(b, lp.rows);
-  detail::row_weights_unchecked(b, mask, aggregation, wbuf.view().flat());
-  const backend_vector<B, const double> w = wbuf.view().flat();
-
   detail::ppo_row_sums s{};
   if constexpr (requires(double& x) {
-                  rlhf_specialized_ppo_clip_loss(b, lp, old_logp, advantages, mask, w, d_logp, options.eps_low,
-                                                 options.eps_high, options.dual_clip, options.log_ratio_clamp, x, x,
-                                                 x, x, x, x, x);
+                  rlhf_specialized_ppo_clip_loss_aggregated(
+                      b, lp, old_logp, advantages, mask, d_logp, options.eps_low, options.eps_high, options.dual_clip,
+                      options.log_ratio_clamp, static_cast<int>(aggregation.mode), aggregation.global_token_count,
+                      aggregation.global_sequence_count, aggregation.norm_length, x, x, x, x, x, x, x);
                 }) {
-    rlhf_specialized_ppo_clip_loss(b, lp, old_logp, advantages, mask, w, d_logp, options.eps_low, options.eps_high,
-                                   options.dual_clip, options.log_ratio_clamp, s.loss, s.tokens, s.clipped,
-                                   s.approx_kl, s.policy_kl, s.ratio, s.dual);
+    // The backend computes the row weights itself (same rule as rlhf::aggregation_row_weights), so
+    // the whole loss is one call: no scratch allocation, no separate weight passes.
+    rlhf_specialized_ppo_clip_loss_aggregated(
+        b, lp, old_logp, advantages, mask, d_logp, options.eps_low, options.eps_high, options.dual_clip,
+        options.log_ratio_clamp, static_cast<int>(aggregation.mode), aggregation.global_token_count,
+        aggregation.global_sequence_count, aggregation.norm_length, s.loss, s.tokens, s.clipped, s.approx_kl,
+        s.policy_kl, s.ratio, s.dual);
   } else {
-    s = detail::ppo_clip_loss_generic(
-        b, lp, old_logp, advantages, mask, w, d_logp,
-        detail::ppo_clip_math{options.eps_low, options.eps_high, options.dual_clip, options.log_ratio_clamp});
+    auto wbuf = detail::allocate_row_weights(b, lp.rows);
+    detail::row_weights_unchecked(b, mask, aggregation, wbuf.view().flat());
+    const backend_vector<B, const double> w = wbuf.view().flat();
+    if constexpr (requires(double& x) {
+                    rlhf_specialized_ppo_clip_loss(b, lp, old_logp, advantages, mask, w, d_logp, options.eps_low,
+                                                   options.eps_high, options.dual_clip, options.log_ratio_clamp, x, x,
+                                                   x, x, x, x, x);
+                  }) {
+      rlhf_specialized_ppo_clip_loss(b, lp, old_logp, advantages, mask, w, d_logp, options.eps_low, options.eps_high,
+                                     options.dual_clip, options.log_ratio_clamp, s.loss, s.tokens, s.clipped,
+                                     s.approx_kl, s.policy_kl, s.ratio, s.dual);
+    } else {
+      s = detail::ppo_clip_loss_generic(
+          b, lp, old_logp, advantages, mask, w, d_logp,
+          detail::ppo_clip_math{options.eps_low, options.eps_high, options.dual_clip, options.log_ratio_clamp});
+    }
   }
   ppo_clip_stats out{};
   out.loss = s.loss;
