@@ -32,18 +32,14 @@
 
 namespace rlhf {
 
-/// A named tensor saved or loaded beside a model's parameters (e.g. "adamw.m.layers.0.attention.wq").
-/// @tparam T element type (float or double)
-/// @tparam Space memory space of the view (the backend's)
+/// A named tensor saved or loaded beside a model's parameters (e.g. optimizer state: an optimizer's
+/// `state()` is such a list).
 template <class T, class Space = host_space>
-struct checkpoint_tensor {
-  std::string name;              ///< unique within the checkpoint
-  matrix_view<T, Space> value;   ///< saved from / loaded into; its shape is the tensor's shape
-};
+using checkpoint_tensor = named_tensor<T, Space>;
 
 /// A list of extra named tensors.
 template <class T, class Space = host_space>
-using checkpoint_tensor_list = std::vector<checkpoint_tensor<T, Space>>;
+using checkpoint_tensor_list = named_tensor_list<T, Space>;
 
 /// Options of `load_checkpoint`.
 struct checkpoint_load_options {

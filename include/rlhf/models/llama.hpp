@@ -37,6 +37,8 @@
 #include "rlhf/backends/memory.hpp"
 #include "rlhf/backends/view.hpp"
 #include "rlhf/error.hpp"
+#include "rlhf/ops/token_logprobs.hpp"
+#include "rlhf/models/concepts.hpp"
 #include "rlhf/models/layers/attention.hpp"
 #include "rlhf/models/layers/embedding.hpp"
 #include "rlhf/models/layers/linear.hpp"
@@ -46,36 +48,9 @@
 #include "rlhf/models/llama2c_checkpoint.hpp"
 #include "rlhf/models/llama_config.hpp"
 #include "rlhf/models/parameters.hpp"
+#include "rlhf/models/sampling.hpp"
 
 namespace rlhf {
-
-/// How generate() picks each new token.
-///
-/// Order of operations (llama2.c's sampler, plus top-k): logits / temperature, softmax, keep the top_k
-/// most probable tokens (if top_k > 0), then nucleus (top-p) sampling (if 0 < top_p < 1), else sampling
-/// from the whole (kept) distribution. The defaults sample from the model's distribution unchanged,
-/// as InstructGPT's PPO rollouts do (Ouyang et al. 2022, §3.5; temperature 1, no truncation).
-struct sampling_options {
-  double temperature = 1.0;     ///< 0 picks the most probable token (greedy, first on ties); else > 0
-  std::size_t top_k = 0;        ///< keep the k most probable tokens; 0 keeps all
-  double top_p = 1.0;           ///< nucleus mass in (0, 1); values <= 0 or >= 1 turn it off (as llama2.c)
-  token_type stop_token = -1;   ///< a row stops after producing it (it is kept in the output); -1: none
-  std::uint64_t seed = 1;       ///< seeds the generators: row r starts from splitmix64(seed, r)
-
-  /// Greedy decoding (temperature 0).
-  static sampling_options greedy() {
-    sampling_options o;
-    o.temperature = 0.0;
-    return o;
-  }
-  /// The llama2.c reference program's defaults: temperature 1, top-p 0.9 (and it stops on BOS).
-  static sampling_options llama2c() {
-    sampling_options o;
-    o.top_p = 0.9;
-    o.stop_token = 1;
-    return o;
-  }
-};
 
 namespace detail {
 
@@ -86,6 +61,53 @@ struct llama_add {
     return a + b;
   }
 };
+
+// Length of row r: lengths[r], or T when no lengths are given.
+template <class S>
+RLHF_HOST_DEVICE inline std::size_t llama_row_length(vector_view<const std::int32_t, S> lengths, std::size_t r,
+                                                     std::size_t seq) {
+  return lengths.data == nullptr ? seq : static_cast<std::size_t>(lengths[r]);
+}
+
+// Row n = (r, t) of the flattened batch predicts token t + 1 of row r: its target and whether it is
+// valid (t + 1 < length of row r). Invalid rows get target 0 (never read by the log-prob functions).
+template <class S>
+struct llama_next_token_targets {
+  matrix_view<const token_type, S> tokens;
+  vector_view<const std::int32_t, S> lengths;
+  vector_view<token_type, S> targets;
+  vector_view<mask_type, S> valid;
+  RLHF_HOST_DEVICE void operator()(std::size_t n) const {
+    const std::size_t seq = tokens.cols, r = n / seq, t = n % seq;
+    const bool ok = t + 1 < llama_row_length(lengths, r, seq);
+    targets[n] = ok ? tokens(r, t + 1) : token_type(0);
+    valid[n] = ok ? mask_type(1) : mask_type(0);
+  }
+};
+
+// out(r, t) = per_row[r*T + t - 1] (the prediction of token t), 0 at t = 0: per-position results in the
+// layout of the tokens.
+template <class T, class S>
+struct llama_shift_to_tokens {
+  vector_view<const T, S> per_row;
+  matrix_view<T, S> out;
+  RLHF_HOST_DEVICE void operator()(std::size_t n) const {
+    const std::size_t t = n % out.cols;
+    out.data[n] = t == 0 ? T(0) : per_row[n - 1];
+  }
+};
+
+// per_row[r*T + t] = d_out(r, t + 1), 0 for the last column: the inverse layout change, for gradients.
+template <class T, class S>
+struct llama_shift_from_tokens {
+  matrix_view<const T, S> d_out;
+  vector_view<T, S> per_row;
+  RLHF_HOST_DEVICE void operator()(std::size_t n) const {
+    const std::size_t t = n % d_out.cols;
+    per_row[n] = t + 1 == d_out.cols ? T(0) : d_out.data[n + 1];
+  }
+};
+
 
 // Counts positions outside [0, limit).
 struct llama_count_bad_positions {
@@ -156,110 +178,6 @@ struct llama_decode_attention {
   }
 };
 
-// llama2.c's xorshift* generator (run.c random_u32 / random_f32), so sampling with a seed reproduces
-// the reference program's draws.
-inline std::uint32_t llama2c_random_u32(std::uint64_t& state) {
-  state ^= state >> 12;
-  state ^= state << 25;
-  state ^= state >> 27;
-  return static_cast<std::uint32_t>((state * 0x2545F4914F6CDD1Dull) >> 32);
-}
-inline float llama2c_random_f32(std::uint64_t& state) {
-  return static_cast<float>(llama2c_random_u32(state) >> 8) / 16777216.0f;
-}
-
-// The start state of row r's generator: the (r+1)-th output of splitmix64 (Steele et al. 2014) from
-// `seed`, so neighbouring rows and seeds get unrelated streams (xorshift started from nearby small
-// states gives correlated first draws). Never zero (xorshift's fixed point).
-inline std::uint64_t llama_row_state(std::uint64_t seed, std::uint64_t row) {
-  std::uint64_t z = seed + (row + 1) * 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  z ^= z >> 31;
-  return z == 0 ? 0x9E3779B97F4A7C15ull : z;
-}
-
-// Picks one token from a row of logits (host memory) following sampling_options (see its comment).
-// Probabilities in float, as the reference program computes them.
-template <class T>
-token_type sample_token(const T* logits, std::size_t vocab, const sampling_options& o, std::uint64_t& state,
-                        std::vector<float>& probs, std::vector<std::pair<float, token_type>>& order) {
-  if (o.temperature == 0.0) {
-    std::size_t best = 0;
-    for (std::size_t i = 1; i < vocab; ++i)
-      if (logits[i] > logits[best]) best = i;
-    return static_cast<token_type>(best);
-  }
-  probs.resize(vocab);
-  const float temperature = static_cast<float>(o.temperature);
-  float mx = static_cast<float>(logits[0]) / temperature;
-  for (std::size_t i = 0; i < vocab; ++i) {
-    probs[i] = static_cast<float>(logits[i]) / temperature;
-    mx = std::max(mx, probs[i]);
-  }
-  float sum = 0.0f;
-  for (std::size_t i = 0; i < vocab; ++i) {
-    probs[i] = std::exp(probs[i] - mx);
-    sum += probs[i];
-  }
-  for (std::size_t i = 0; i < vocab; ++i) probs[i] /= sum;
-  const bool top_k = o.top_k > 0 && o.top_k < vocab;
-  if (top_k) {
-    // Keep the k most probable (ties broken by the smaller id); the others get probability 0.
-    order.clear();
-    for (std::size_t i = 0; i < vocab; ++i) order.emplace_back(probs[i], static_cast<token_type>(i));
-    std::nth_element(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(o.top_k) - 1, order.end(),
-                     [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); });
-    for (std::size_t j = o.top_k; j < vocab; ++j) probs[static_cast<std::size_t>(order[j].second)] = 0.0f;
-  }
-  const float coin = llama2c_random_f32(state);
-  if (o.top_p > 0.0 && o.top_p < 1.0) {
-    // llama2.c sample_topp: drop tokens below (1 - p) / (n - 1) (they cannot be in the nucleus), sort
-    // descending, cut after the cumulative mass exceeds p, sample within the nucleus.
-    const float topp = static_cast<float>(o.top_p);
-    const float cutoff = (1.0f - topp) / static_cast<float>(vocab - 1);
-    order.clear();
-    for (std::size_t i = 0; i < vocab; ++i)
-      if (probs[i] >= cutoff && probs[i] > 0.0f) order.emplace_back(probs[i], static_cast<token_type>(i));
-    if (order.empty()) {  // only with top-k removing every token above the cutoff
-      for (std::size_t i = 0; i < vocab; ++i)
-        if (probs[i] > 0.0f) order.emplace_back(probs[i], static_cast<token_type>(i));
-    }
-    std::stable_sort(order.begin(), order.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
-    float cumulative = 0.0f;
-    std::size_t last = order.size() - 1;
-    for (std::size_t i = 0; i < order.size(); ++i) {
-      cumulative += order[i].first;
-      if (cumulative > topp) {
-        last = i;
-        break;
-      }
-    }
-    const float r = coin * cumulative;
-    float cdf = 0.0f;
-    for (std::size_t i = 0; i <= last; ++i) {
-      cdf += order[i].first;
-      if (r < cdf) return order[i].second;
-    }
-    return order[last].second;
-  }
-  // llama2.c sample_mult (over the kept mass when top-k removed some).
-  float total = 1.0f;
-  if (top_k) {
-    total = 0.0f;
-    for (std::size_t i = 0; i < vocab; ++i) total += probs[i];
-  }
-  const float r = coin * total;
-  float cdf = 0.0f;
-  std::size_t last_kept = 0;
-  for (std::size_t i = 0; i < vocab; ++i) {
-    if (probs[i] > 0.0f) last_kept = i;
-    cdf += probs[i];
-    if (r < cdf) return static_cast<token_type>(i);
-  }
-  return static_cast<token_type>(top_k ? last_kept : vocab - 1);
-}
-
 }  // namespace detail
 
 /// Per-layer key and value cache for incremental decoding of `batch` rows, plus the scratch buffers of
@@ -308,6 +226,88 @@ class llama_kv_cache {
   buffer_t<B, T> x_, xb_, q_, att_, k_, v_, hb_, hb2_, scores_;
 };
 
+/// Options of llama_model::log_probs.
+struct log_prob_options {
+  /// Softmax temperature of the log-probs (the policy's sampling temperature; InstructGPT: 1).
+  double temperature = 1.0;
+  /// At most this many logits exist at once: rows are processed max_logits_elements / V at a time
+  /// (at least one). 2^24 floats = 64 MiB.
+  std::size_t max_logits_elements = std::size_t(1) << 24;
+};
+
+template <class B, class T>
+class llama_model;
+
+/// The intermediate results of a forward pass of llama_model's trunk (the transformer without its
+/// head), owned by the caller of the pass so that several heads (a policy, a value head sharing its
+/// trunk) can each keep their own. A training pass stores, per layer, the inputs of every layer
+/// function's backward (RMSNorm inputs and 1/rms, q, k, v after rotation, the attention softmax, the
+/// SwiGLU gate and up projections, ...): about `(8 D + 2 kv_dim + 3 F + 2 + Hq T) * B * T` values per
+/// layer. An inference pass reuses one layer's buffers for every layer and stores no softmax.
+/// Buffers are kept between passes of the same shape.
+template <class B, class T>
+class llama_activations {
+ public:
+  llama_activations() = default;
+  /// Whether the latest pass recorded what a backward needs (a training pass).
+  bool recorded() const { return recorded_; }
+  /// Rows B and columns T of the latest pass.
+  std::size_t batch() const { return batch_; }
+  std::size_t seq() const { return seq_; }
+  /// The trunk's output of the latest pass: [B*T, D] hidden states after the final RMSNorm.
+  backend_matrix<B, const T> hidden() const { return as_const(hidden_.view()); }
+  /// The lengths given to the latest pass ([B]), or an empty view when none were given.
+  backend_vector<B, const std::int32_t> lengths() const {
+    return has_lengths_ ? as_const(lengths_.view().flat()) : backend_vector<B, const std::int32_t>{};
+  }
+
+ private:
+  friend class llama_model<B, T>;
+  struct layer_buffers {
+    buffer_t<B, T> x_in, inv_rms_att, xb_att, q, k, v, probs, att, x_mid, inv_rms_ffn, xb_ffn, gate, up, act;
+  };
+  std::vector<layer_buffers> layers_;
+  buffer_t<B, token_type> tokens_;
+  buffer_t<B, std::int32_t> positions_, lengths_;
+  bool has_lengths_ = false;
+  buffer_t<B, T> x_final_, inv_rms_final_, hidden_, proj_;
+  std::size_t batch_ = 0, seq_ = 0, slots_ = 0;
+  bool recorded_ = false;
+};
+
+namespace detail {
+
+// The per-row results of the language-model head that its backward needs: targets (next tokens), their
+// validity, log-probs, logsumexp and entropy of each row of the flattened batch.
+template <class B, class T>
+struct llama_lm_head_state {
+  buffer_t<B, token_type> targets;
+  buffer_t<B, mask_type> valid;
+  buffer_t<B, T> logprob, logsumexp, entropy;
+  log_prob_options options;
+  bool recorded = false;
+
+  void prepare(const B& b, std::size_t n) {
+    if (targets.view().size() == n && n != 0) return;
+    targets = allocate<token_type>(b, n);
+    valid = allocate<mask_type>(b, n);
+    logprob = allocate<T>(b, n);
+    logsumexp = allocate<T>(b, n);
+    entropy = allocate<T>(b, n);
+  }
+  backend_vector<B, const token_type> target_rows(std::size_t first, std::size_t n) {
+    return as_const(targets.view().flat().subview(first, n));
+  }
+  backend_vector<B, const mask_type> valid_rows(std::size_t first, std::size_t n) {
+    return as_const(valid.view().flat().subview(first, n));
+  }
+  static backend_vector<B, T> rows(buffer_t<B, T>& buf, std::size_t first, std::size_t n) {
+    return buf.view().flat().subview(first, n);
+  }
+};
+
+}  // namespace detail
+
 /// A Llama-architecture decoder whose weights live in backend B's memory as T (float or double).
 ///
 /// Parameters (stable names, in this order): "tok_embeddings" [V, D]; per layer i
@@ -335,7 +335,12 @@ class llama_model {
   /// A model of configuration `config` with every weight matrix zero and every norm weight one (an
   /// identity RMSNorm), gradients zero. Fill it with init_random, a checkpoint or parameters().
   /// @throws rlhf::invalid_argument when the configuration is invalid
-  llama_model(const B& b, const llama_config& config) : config_(config) {
+  /// @param b the backend
+  /// @param config the shape
+  /// @param with_classifier false makes a trunk without the "output" classifier (a reward or value
+  ///        model's body); with a shared classifier the embedding is always kept
+  llama_model(const B& b, const llama_config& config, bool with_classifier = true)
+      : config_(config), has_classifier_(with_classifier) {
     detail::check_scan_backend<B>();
     detail::check_blas_backend<B>();
     config.validate("rlhf::llama_model");
@@ -349,7 +354,7 @@ class llama_model {
       }
     }
     add(b, "norm", 1, D, T(1));
-    if (!config.shared_classifier) add(b, "output", V, D, T(0));
+    if (!config.shared_classifier && with_classifier) add(b, "output", V, D, T(0));
   }
 
   /// The configuration.
@@ -383,6 +388,33 @@ class llama_model {
     for (auto& t : tensors_) b.fill(t.grad.view().flat(), T(0));
   }
 
+  /// Copies every parameter of `source` that this model also has (same name; the shapes must agree),
+  /// e.g. a reward model's trunk from a supervised policy (Ouyang et al. 2022, §3.5: the RM starts from
+  /// the SFT model with its unembedding removed). Parameters only this model has are left as they are.
+  /// @return the number of parameters copied
+  /// @throws rlhf::invalid_argument when a shared name has another shape (nothing is copied then)
+  std::size_t copy_parameters_from(const B& b, const llama_model& source) {
+    constexpr std::string_view fn = "rlhf::llama_model::copy_parameters_from";
+    std::vector<std::pair<std::size_t, std::size_t>> pairs;
+    for (std::size_t i = 0; i < tensors_.size(); ++i) {
+      for (std::size_t j = 0; j < source.tensors_.size(); ++j) {
+        if (source.tensors_[j].name != tensors_[i].name) continue;
+        const auto dst = tensors_[i].value.view();
+        const auto src = source.tensors_[j].value.view();
+        if (dst.rows != src.rows || dst.cols != src.cols) {
+          detail::throw_argument_error(fn, "source", "tensor '" + tensors_[i].name + "' of shape " + shape_string(dst),
+                                       shape_string(src));
+        }
+        pairs.emplace_back(i, j);
+      }
+    }
+    for (const auto& [i, j] : pairs) b.copy(source.tensors_[j].value.view().flat(), tensors_[i].value.view().flat());
+    return pairs.size();
+  }
+
+  /// Whether the model has its language-model classifier (false for a reward or value model's trunk).
+  bool has_classifier() const { return has_classifier_; }
+
   /// A parameter's value by name (for tests and checkpoints). @throws rlhf::invalid_argument if unknown.
   backend_matrix<B, T> parameter(std::string_view name) {
     for (auto& t : tensors_)
@@ -392,57 +424,256 @@ class llama_model {
   }
 
   /// Logits of every position of a batch of sequences (teacher forcing): row b*T + t of `logits` holds
-  /// the next-token logits after tokens[b, 0..t].
+  /// the next-token logits after tokens[b, 0..t]. Materializes all [B*T, V] logits: for training and
+  /// scoring use log_probs, which never holds more than a chunk of them.
   /// @param b the backend
   /// @param tokens [B, T] token ids in [0, V); T <= seq_len (position t is t)
   /// @param lengths [B] valid tokens per row, each in [0, T] (keys beyond are masked; logits of padded
   ///        positions are computed but meaningless), or empty for all T
   /// @param logits out [B*T, V]
-  /// @throws rlhf::invalid_argument on a shape mismatch, T > seq_len, an id outside [0, V) or a bad length
+  /// @throws rlhf::invalid_argument on a shape mismatch, T > seq_len, an id outside [0, V), a bad length,
+  ///         or a model without a classifier
   void forward(const B& b, backend_matrix<B, const token_type> tokens, backend_vector<B, const std::int32_t> lengths,
                backend_matrix<B, T> logits) {
     constexpr std::string_view fn = "rlhf::llama_model::forward";
+    check_has_classifier(fn);
+    detail::check_shape(fn, "logits", logits, tokens.rows * tokens.cols, config_.vocab_size, "([B*T, vocab_size])");
+    llama_activations<B, T> act;
+    forward_hidden(b, tokens, lengths, act, forward_mode::inference, fn);
+    if (logits.rows == 0) return;
+    linear_forward(b, act.hidden(), classifier(), logits);
+  }
+
+  /// Runs the trunk (embedding, every block, final RMSNorm) over a batch of sequences and leaves the
+  /// hidden states in `act.hidden()` ([B*T, D]); the input of every head. In training mode `act`
+  /// records what backward_hidden needs. Heads built on this model (a value head sharing the trunk)
+  /// keep their own `act`.
+  /// @param b the backend
+  /// @param tokens [B, T] token ids in [0, V); T <= seq_len
+  /// @param lengths [B] real tokens per row in [0, T] (later keys are masked), or empty for all T
+  /// @param act the activations to fill (resized as needed)
+  /// @param mode training records for the backward
+  /// @param function the name used in error messages
+  /// @throws rlhf::invalid_argument on T > seq_len, an id outside [0, V) or a bad length
+  void forward_hidden(const B& b, backend_matrix<B, const token_type> tokens,
+                      backend_vector<B, const std::int32_t> lengths, llama_activations<B, T>& act, forward_mode mode,
+                      std::string_view function = "rlhf::llama_model::forward_hidden") {
     const llama_config& c = config_;
     if (tokens.cols > c.seq_len) {
-      detail::throw_argument_error(fn, "tokens", "at most seq_len = " + std::to_string(c.seq_len) + " columns",
-                                   shape_string(tokens));
+      detail::throw_argument_error(function, "tokens",
+                                   "at most seq_len = " + std::to_string(c.seq_len) + " columns", shape_string(tokens));
     }
-    const std::size_t N = tokens.rows * tokens.cols, D = c.dim, kv = c.kv_dim(), F = c.hidden_dim;
-    detail::check_shape(fn, "logits", logits, N, c.vocab_size, "([B*T, vocab_size])");
-    if (!lengths.empty() || lengths.data != nullptr) {
-      detail::check_size(fn, "lengths", lengths, tokens.rows, "(one per row of 'tokens', or empty for all)");
+    const bool has_lengths = !lengths.empty() || lengths.data != nullptr;
+    if (has_lengths) detail::check_size(function, "lengths", lengths, tokens.rows, "(one per row of 'tokens', or empty for all)");
+    check_tokens(b, function, tokens.flat());
+    const bool training = mode == forward_mode::training;
+    prepare(b, act, tokens.rows, tokens.cols, training ? c.n_layers : 1);
+    act.recorded_ = false;
+    const std::size_t N = tokens.rows * tokens.cols;
+    if (N == 0) {
+      act.recorded_ = training;
+      return;
     }
-    check_tokens(b, fn, tokens.flat());
-    if (N == 0) return;
-    std::vector<std::int32_t> pos_host(N);
-    for (std::size_t i = 0; i < N; ++i) pos_host[i] = static_cast<std::int32_t>(i % tokens.cols);
-    auto positions = to_backend(b, pos_host);
-    const backend_vector<B, const std::int32_t> pos = positions.view().flat();
-    auto x = allocate<T>(b, N, D), xb = allocate<T>(b, N, D), q = allocate<T>(b, N, D), att = allocate<T>(b, N, D);
-    auto k = allocate<T>(b, N, kv), v = allocate<T>(b, N, kv), hb = allocate<T>(b, N, F), hb2 = allocate<T>(b, N, F);
-    const backend_matrix<B, T> no_probs{};
-    const backend_vector<B, T> no_inv_rms{};
-    embedding_forward(b, cview(0), tokens.flat(), x.view());
+    b.copy(tokens.flat(), act.tokens_.view().flat());
+    act.has_lengths_ = has_lengths;
+    if (has_lengths) b.copy(lengths, act.lengths_.view().flat());
+    const backend_vector<B, const std::int32_t> len = stored_lengths(act);
+    const backend_vector<B, const std::int32_t> pos = as_const(act.positions_.view().flat());
+    const backend_matrix<B, T> proj = act.proj_.view();
+    const backend_vector<B, T> none{};
+    embedding_forward(b, cview(0), as_const(act.tokens_.view().flat()), act.layers_[0].x_in.view());
     for (std::size_t l = 0; l < c.n_layers; ++l) {
-      rms_norm_forward(b, ro(x), layer(l, 0).flat(), xb.view(), no_inv_rms, c.norm_eps);
-      linear_forward(b, ro(xb), layer(l, 1), q.view());
-      linear_forward(b, ro(xb), layer(l, 2), k.view());
-      linear_forward(b, ro(xb), layer(l, 3), v.view());
-      rope_forward(b, ro(q), pos, c.head_dim(), q.view(), c.rope_theta);
-      rope_forward(b, ro(k), pos, c.head_dim(), k.view(), c.rope_theta);
-      causal_attention_forward(b, ro(q), ro(k), ro(v), tokens.rows, c.n_heads, c.n_kv_heads, att.view(),
-                               no_probs, lengths);
-      linear_forward(b, ro(att), layer(l, 4), xb.view());
-      b.transform(x.view().flat(), detail::llama_add{}, ro(x).flat(), ro(xb).flat());
-      rms_norm_forward(b, ro(x), layer(l, 5).flat(), xb.view(), no_inv_rms, c.norm_eps);
-      linear_forward(b, ro(xb), layer(l, 6), hb.view());
-      linear_forward(b, ro(xb), layer(l, 8), hb2.view());
-      swiglu_forward(b, ro(hb), ro(hb2), hb.view());
-      linear_forward(b, ro(hb), layer(l, 7), xb.view());
-      b.transform(x.view().flat(), detail::llama_add{}, ro(x).flat(), ro(xb).flat());
+      auto& s = act.layers_[training ? l : 0];
+      const backend_matrix<B, T> x_in = s.x_in.view();
+      // Inference updates the residual stream in place; training keeps each layer's input.
+      const backend_matrix<B, T> x_mid = training ? s.x_mid.view() : x_in;
+      const backend_matrix<B, T> x_out = !training ? x_in : l + 1 < c.n_layers ? act.layers_[l + 1].x_in.view()
+                                                                                : act.x_final_.view();
+      rms_norm_forward(b, as_const(x_in), layer(l, 0).flat(), s.xb_att.view(), training ? s.inv_rms_att.view().flat() : none,
+                       c.norm_eps);
+      linear_forward(b, as_const(s.xb_att.view()), layer(l, 1), s.q.view());
+      linear_forward(b, as_const(s.xb_att.view()), layer(l, 2), s.k.view());
+      linear_forward(b, as_const(s.xb_att.view()), layer(l, 3), s.v.view());
+      rope_forward(b, as_const(s.q.view()), pos, c.head_dim(), s.q.view(), c.rope_theta);
+      rope_forward(b, as_const(s.k.view()), pos, c.head_dim(), s.k.view(), c.rope_theta);
+      causal_attention_forward(b, as_const(s.q.view()), as_const(s.k.view()), as_const(s.v.view()), tokens.rows,
+                               c.n_heads, c.n_kv_heads, s.att.view(), training ? s.probs.view() : backend_matrix<B, T>{},
+                               len);
+      linear_forward(b, as_const(s.att.view()), layer(l, 4), proj);
+      b.transform(x_mid.flat(), detail::llama_add{}, as_const(x_in).flat(), as_const(proj).flat());
+      rms_norm_forward(b, as_const(x_mid), layer(l, 5).flat(), s.xb_ffn.view(),
+                       training ? s.inv_rms_ffn.view().flat() : none, c.norm_eps);
+      linear_forward(b, as_const(s.xb_ffn.view()), layer(l, 6), s.gate.view());
+      linear_forward(b, as_const(s.xb_ffn.view()), layer(l, 8), s.up.view());
+      const backend_matrix<B, T> act_out = training ? s.act.view() : s.gate.view();
+      swiglu_forward(b, as_const(s.gate.view()), as_const(s.up.view()), act_out);
+      linear_forward(b, as_const(act_out), layer(l, 7), proj);
+      b.transform(x_out.flat(), detail::llama_add{}, as_const(x_mid).flat(), as_const(proj).flat());
     }
-    rms_norm_forward(b, ro(x), final_norm().flat(), xb.view(), no_inv_rms, c.norm_eps);
-    linear_forward(b, ro(xb), classifier(), logits);
+    const backend_matrix<B, T> x_final = training ? act.x_final_.view() : act.layers_[0].x_in.view();
+    rms_norm_forward(b, as_const(x_final), final_norm().flat(), act.hidden_.view(),
+                     training ? act.inv_rms_final_.view().flat() : none, c.norm_eps);
+    act.recorded_ = training;
+  }
+
+  /// Backward of forward_hidden: from d(loss)/d(hidden) [B*T, D] of a training pass recorded in `act`,
+  /// adds the gradient of every trunk parameter (embedding, blocks, final norm) to its gradient buffer.
+  /// `d_hidden` is consumed (used as scratch).
+  /// @throws rlhf::invalid_argument when `act` holds no training pass or `d_hidden` has the wrong shape
+  void backward_hidden(const B& b, llama_activations<B, T>& act, backend_matrix<B, T> d_hidden,
+                       std::string_view function = "rlhf::llama_model::backward_hidden") {
+    const llama_config& c = config_;
+    if (!act.recorded()) {
+      detail::throw_argument_error(function, "activations", "those of a forward in forward_mode::training",
+                                   "no recorded training forward");
+    }
+    const std::size_t N = act.batch_ * act.seq_, D = c.dim, kv = c.kv_dim(), F = c.hidden_dim;
+    detail::check_shape(function, "d_hidden", d_hidden, N, D, "([B*T, dim] of the recorded forward)");
+    if (N == 0) return;
+    auto d_x = allocate<T>(b, N, D), d_xb = allocate<T>(b, N, D), d_tmp = allocate<T>(b, N, D);
+    auto d_q = allocate<T>(b, N, D), d_k = allocate<T>(b, N, kv), d_v = allocate<T>(b, N, kv);
+    auto d_act = allocate<T>(b, N, F), d_gate = allocate<T>(b, N, F), d_up = allocate<T>(b, N, F);
+    const auto dx = d_x.view(), dxb = d_xb.view(), dtmp = d_tmp.view();
+    const auto accumulate = [&](backend_matrix<B, T> into, backend_matrix<B, T> from) {
+      b.transform(into.flat(), detail::llama_add{}, as_const(into).flat(), as_const(from).flat());
+    };
+    const backend_vector<B, const std::int32_t> len = stored_lengths(act);
+    const backend_vector<B, const std::int32_t> pos = as_const(act.positions_.view().flat());
+    rms_norm_backward(b, as_const(act.x_final_.view()), final_norm().flat(), as_const(act.inv_rms_final_.view().flat()),
+                      as_const(d_hidden), dx, grad(final_norm_index()).flat());
+    for (std::size_t l = c.n_layers; l-- > 0;) {
+      auto& s = act.layers_[l];
+      // Feed-forward block: x_out = x_mid + w2 (silu(w1 h) * (w3 h)), h = rms_norm(x_mid) * ffn_norm.
+      linear_backward(b, as_const(s.act.view()), layer(l, 7), as_const(dx), d_act.view(), layer_grad(l, 7));
+      swiglu_backward(b, as_const(s.gate.view()), as_const(s.up.view()), as_const(d_act.view()), d_gate.view(),
+                      d_up.view());
+      linear_backward(b, as_const(s.xb_ffn.view()), layer(l, 6), as_const(d_gate.view()), dxb, layer_grad(l, 6));
+      linear_backward(b, as_const(s.xb_ffn.view()), layer(l, 8), as_const(d_up.view()), dtmp, layer_grad(l, 8));
+      accumulate(dxb, dtmp);
+      rms_norm_backward(b, as_const(s.x_mid.view()), layer(l, 5).flat(), as_const(s.inv_rms_ffn.view().flat()),
+                        as_const(dxb), dtmp, layer_grad(l, 5).flat());
+      accumulate(dx, dtmp);  // d x_mid: the residual path plus the normalized branch
+      // Attention block: x_mid = x_in + wo attention(rope(wq h), rope(wk h), wv h), h = rms_norm(x_in) * attention_norm.
+      linear_backward(b, as_const(s.att.view()), layer(l, 4), as_const(dx), dxb, layer_grad(l, 4));
+      causal_attention_backward(b, as_const(s.q.view()), as_const(s.k.view()), as_const(s.v.view()),
+                                as_const(s.probs.view()), as_const(dxb), act.batch_, c.n_heads, c.n_kv_heads,
+                                d_q.view(), d_k.view(), d_v.view(), len);
+      rope_backward(b, as_const(d_q.view()), pos, c.head_dim(), d_q.view(), c.rope_theta);
+      rope_backward(b, as_const(d_k.view()), pos, c.head_dim(), d_k.view(), c.rope_theta);
+      linear_backward(b, as_const(s.xb_att.view()), layer(l, 1), as_const(d_q.view()), dxb, layer_grad(l, 1));
+      linear_backward(b, as_const(s.xb_att.view()), layer(l, 2), as_const(d_k.view()), dtmp, layer_grad(l, 2));
+      accumulate(dxb, dtmp);
+      linear_backward(b, as_const(s.xb_att.view()), layer(l, 3), as_const(d_v.view()), dtmp, layer_grad(l, 3));
+      accumulate(dxb, dtmp);
+      rms_norm_backward(b, as_const(s.x_in.view()), layer(l, 0).flat(), as_const(s.inv_rms_att.view().flat()),
+                        as_const(dxb), dtmp, layer_grad(l, 0).flat());
+      accumulate(dx, dtmp);  // d x_in
+    }
+    embedding_backward(b, as_const(act.tokens_.view().flat()), as_const(dx), grad(0));
+  }
+
+  /// Log-probabilities of the given tokens under the model (teacher forcing), and optionally the
+  /// entropy of each predicted distribution: `logprobs(r, t) = log pi(tokens(r, t) | tokens(r, < t))`
+  /// for 1 <= t < lengths[r], 0 at t = 0 and on padding (so the tokens' response mask is also the
+  /// log-probs' mask). The logits are formed `options.max_logits_elements / V` rows at a time and
+  /// reduced by rlhf::token_logprobs: no [B*T, V] buffer. In training mode the pass is recorded for
+  /// log_probs_backward (a later inference call does not disturb it).
+  /// InstructGPT's policy log-probs log pi(y|x) (Ouyang et al. 2022, eq. 2) are the sums over the
+  /// response tokens.
+  /// @param b the backend
+  /// @param tokens [B, T] ids in [0, V); T <= seq_len
+  /// @param lengths [B] real tokens per row in [0, T], or empty for all T
+  /// @param logprobs out [B, T]
+  /// @param entropy optional out [B, T] (empty view: not wanted), in nats
+  /// @param mode training records the pass for log_probs_backward
+  /// @param options the temperature and the logits chunk size
+  /// @throws rlhf::invalid_argument on a shape mismatch, an id outside [0, V), a bad length or option,
+  ///         or a model without a classifier
+  void log_probs(const B& b, backend_matrix<B, const token_type> tokens, backend_vector<B, const std::int32_t> lengths,
+                 backend_matrix<B, T> logprobs, backend_matrix<B, T> entropy = {},
+                 forward_mode mode = forward_mode::inference, const log_prob_options& options = {}) {
+    constexpr std::string_view fn = "rlhf::llama_model::log_probs";
+    check_has_classifier(fn);
+    detail::check_same_shape(fn, "logprobs", logprobs, "tokens", tokens);
+    if (!entropy.empty() || entropy.data != nullptr) detail::check_same_shape(fn, "entropy", entropy, "tokens", tokens);
+    detail::check_positive(fn, "options.temperature", options.temperature);
+    detail::check_positive(fn, "options.max_logits_elements", static_cast<double>(options.max_logits_elements));
+    const bool training = mode == forward_mode::training;
+    detail::llama_lm_head_state<B, T> scratch;
+    detail::llama_lm_head_state<B, T>& head = training ? lm_head_ : scratch;
+    llama_activations<B, T> inference_act;
+    llama_activations<B, T>& act = training ? lm_act_ : inference_act;
+    if (training) head.recorded = false;
+    forward_hidden(b, tokens, lengths, act, mode, fn);
+    const std::size_t N = tokens.rows * tokens.cols, V = config_.vocab_size;
+    head.prepare(b, N);
+    head.options = options;
+    if (N == 0) {
+      head.recorded = training;
+      return;
+    }
+    b.for_each_index(N, detail::llama_next_token_targets<space_type>{tokens, stored_lengths(act), head.targets.view().flat(),
+                                                                     head.valid.view().flat()});
+    const std::size_t chunk = std::max<std::size_t>(1, std::min(N, options.max_logits_elements / V));
+    auto logits = allocate<T>(b, chunk, V);
+    const bool want_entropy = !entropy.empty();
+    for (std::size_t r0 = 0; r0 < N; r0 += chunk) {
+      const std::size_t n = std::min(chunk, N - r0);
+      const backend_matrix<B, T> z = logits.view().row_block(0, n);
+      linear_forward(b, act.hidden().row_block(r0, n), classifier(), z);
+      token_logprobs(b, as_const(z), head.target_rows(r0, n), head.valid_rows(r0, n), head.rows(head.logprob, r0, n),
+                     head.rows(head.logsumexp, r0, n), want_entropy || training ? head.rows(head.entropy, r0, n)
+                                                                                 : backend_vector<B, T>{},
+                     token_logprob_options{options.temperature});
+    }
+    b.for_each_index(N, detail::llama_shift_to_tokens<T, space_type>{as_const(head.logprob.view().flat()), logprobs});
+    if (want_entropy) {
+      b.for_each_index(N, detail::llama_shift_to_tokens<T, space_type>{as_const(head.entropy.view().flat()), entropy});
+    }
+    head.recorded = training;
+  }
+
+  /// Backward of a training-mode log_probs: adds d(loss)/d(parameters) given d(loss)/d(logprobs) and,
+  /// optionally, d(loss)/d(entropy), both [B, T] in the layout of the forward's outputs (entries at
+  /// column 0 and on padding are ignored). The chunked logits are recomputed (one more GEMM per chunk)
+  /// rather than stored.
+  /// @throws rlhf::invalid_argument without a recorded training forward or on a shape mismatch
+  void log_probs_backward(const B& b, backend_matrix<B, const T> d_logprobs, backend_matrix<B, const T> d_entropy = {}) {
+    constexpr std::string_view fn = "rlhf::llama_model::log_probs_backward";
+    detail::llama_lm_head_state<B, T>& head = lm_head_;
+    if (!head.recorded) {
+      detail::throw_argument_error(fn, "d_logprobs", "a preceding log_probs in forward_mode::training",
+                                   "no recorded training forward");
+    }
+    const std::size_t Bn = lm_act_.batch_, Tn = lm_act_.seq_, N = Bn * Tn, V = config_.vocab_size;
+    detail::check_shape(fn, "d_logprobs", d_logprobs, Bn, Tn, "([B, T] of the recorded forward)");
+    const bool has_d_entropy = !d_entropy.empty() || d_entropy.data != nullptr;
+    if (has_d_entropy) detail::check_shape(fn, "d_entropy", d_entropy, Bn, Tn, "([B, T] of the recorded forward)");
+    detail::check_finite(b, fn, "d_logprobs", d_logprobs.flat());
+    if (N == 0) return;
+    auto d_rows = allocate<T>(b, N), d_ent_rows = allocate<T>(b, has_d_entropy ? N : 0);
+    b.for_each_index(N, detail::llama_shift_from_tokens<T, space_type>{d_logprobs, d_rows.view().flat()});
+    if (has_d_entropy) {
+      b.for_each_index(N, detail::llama_shift_from_tokens<T, space_type>{d_entropy, d_ent_rows.view().flat()});
+    }
+    auto d_hidden = allocate<T>(b, N, config_.dim);
+    const std::size_t chunk = std::max<std::size_t>(1, std::min(N, head.options.max_logits_elements / V));
+    auto logits = allocate<T>(b, chunk, V);
+    const backend_matrix<B, T> d_classifier = grad(classifier_index());
+    for (std::size_t r0 = 0; r0 < N; r0 += chunk) {
+      const std::size_t n = std::min(chunk, N - r0);
+      const backend_matrix<B, T> z = logits.view().row_block(0, n);
+      const backend_matrix<B, const T> h = lm_act_.hidden().row_block(r0, n);
+      linear_forward(b, h, classifier(), z);
+      token_logprobs_backward(b, as_const(z), head.target_rows(r0, n), head.valid_rows(r0, n),
+                              as_const(head.rows(head.logsumexp, r0, n)), as_const(d_rows.view().flat().subview(r0, n)),
+                              has_d_entropy ? as_const(head.rows(head.entropy, r0, n)) : backend_vector<B, const T>{},
+                              has_d_entropy ? as_const(d_ent_rows.view().flat().subview(r0, n))
+                                            : backend_vector<B, const T>{},
+                              z, token_logprob_options{head.options.temperature});
+      linear_backward(b, h, classifier(), as_const(z), d_hidden.view().row_block(r0, n), d_classifier);
+    }
+    backward_hidden(b, lm_act_, d_hidden.view(), fn);
   }
 
   /// One incremental decoding step: feeds token tokens[r] at position positions[r] for every row r of
@@ -458,6 +689,7 @@ class llama_model {
   void decode_step(const B& b, llama_kv_cache<B, T>& cache, backend_vector<B, const token_type> tokens,
                    backend_vector<B, const std::int32_t> positions, backend_matrix<B, T> logits) {
     constexpr std::string_view fn = "rlhf::llama_model::decode_step";
+    check_has_classifier(fn);
     const llama_config& c = config_;
     const llama_config& cc = cache.config();
     if (cc.dim != c.dim || cc.n_layers != c.n_layers || cc.n_heads != c.n_heads || cc.n_kv_heads != c.n_kv_heads ||
@@ -600,6 +832,61 @@ class llama_model {
   llama_config config_;
   std::vector<tensor> tensors_;
 
+  bool has_classifier_ = true;
+  llama_activations<B, T> lm_act_;            // the latest training pass of log_probs
+  detail::llama_lm_head_state<B, T> lm_head_;  // and its head's per-row results
+
+  void check_has_classifier(std::string_view fn) const {
+    if (!has_classifier_) {
+      detail::throw_argument_error(fn, "this", "a model with a classifier (language-model head)",
+                                   "a trunk made without one (llama_model(b, config, false))");
+    }
+  }
+
+  // (Re)allocates the activation buffers for B x T tokens and `slots` layers of storage.
+  void prepare(const B& b, llama_activations<B, T>& act, std::size_t rows, std::size_t cols, std::size_t slots) {
+    const llama_config& c = config_;
+    const std::size_t N = rows * cols, D = c.dim, kv = c.kv_dim(), F = c.hidden_dim;
+    const bool training = slots == c.n_layers;
+    const bool same_shape = act.batch_ == rows && act.seq_ == cols && act.layers_.size() >= slots &&
+                            (!training || act.slots_ == slots);
+    act.batch_ = rows;
+    act.seq_ = cols;
+    if (same_shape) return;
+    act.slots_ = slots;
+    act.layers_.clear();
+    act.layers_.resize(slots);
+    for (auto& s : act.layers_) {
+      s.x_in = allocate<T>(b, N, D);
+      s.xb_att = allocate<T>(b, N, D);
+      s.q = allocate<T>(b, N, D);
+      s.k = allocate<T>(b, N, kv);
+      s.v = allocate<T>(b, N, kv);
+      s.att = allocate<T>(b, N, D);
+      s.xb_ffn = allocate<T>(b, N, D);
+      s.gate = allocate<T>(b, N, F);
+      s.up = allocate<T>(b, N, F);
+      if (training) {
+        s.inv_rms_att = allocate<T>(b, N);
+        s.probs = allocate<T>(b, rows * c.n_heads * cols, cols);
+        s.x_mid = allocate<T>(b, N, D);
+        s.inv_rms_ffn = allocate<T>(b, N);
+        s.act = allocate<T>(b, N, F);
+      }
+    }
+    act.tokens_ = allocate<token_type>(b, N);
+    act.lengths_ = allocate<std::int32_t>(b, rows);
+    std::vector<std::int32_t> pos_host(N);
+    for (std::size_t i = 0; i < N; ++i) pos_host[i] = static_cast<std::int32_t>(i % cols);
+    act.positions_ = to_backend(b, pos_host);
+    act.x_final_ = allocate<T>(b, training ? N : 0, D);
+    act.inv_rms_final_ = allocate<T>(b, training ? N : 0);
+    act.hidden_ = allocate<T>(b, N, D);
+    act.proj_ = allocate<T>(b, N, D);
+  }
+
+  static backend_vector<B, const std::int32_t> stored_lengths(const llama_activations<B, T>& act) { return act.lengths(); }
+
   // Token ids must index the embedding (one reduction over the ids).
   void check_tokens(const B& b, std::string_view fn, backend_vector<B, const token_type> tokens) const {
     if (tokens.size == 0) return;
@@ -622,10 +909,12 @@ class llama_model {
   backend_matrix<B, const T> cview(std::size_t index) { return as_const(tensors_[index].value.view()); }
   // Tensor k (0..8, layer_tensor_names order) of layer l.
   backend_matrix<B, const T> layer(std::size_t l, std::size_t k) { return cview(1 + 9 * l + k); }
-  backend_matrix<B, const T> final_norm() { return cview(1 + 9 * config_.n_layers); }
-  backend_matrix<B, const T> classifier() {
-    return config_.shared_classifier ? cview(0) : cview(2 + 9 * config_.n_layers);
-  }
+  std::size_t final_norm_index() const { return 1 + 9 * config_.n_layers; }
+  std::size_t classifier_index() const { return config_.shared_classifier ? 0 : 2 + 9 * config_.n_layers; }
+  backend_matrix<B, const T> final_norm() { return cview(final_norm_index()); }
+  backend_matrix<B, const T> classifier() { return cview(classifier_index()); }
+  backend_matrix<B, T> grad(std::size_t index) { return tensors_[index].grad.view(); }
+  backend_matrix<B, T> layer_grad(std::size_t l, std::size_t k) { return grad(1 + 9 * l + k); }
 
 };
 

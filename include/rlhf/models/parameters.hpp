@@ -24,6 +24,19 @@ struct parameter_view {
   matrix_view<T, Space> grad;   ///< its gradient, same shape; accumulated by backward passes
 };
 
+/// A named tensor that is not a parameter: optimizer or EMA state, or any extra tensor saved beside a
+/// model's parameters in a checkpoint (e.g. "adamw.m.layers.0.attention.wq"). A writable view, so a
+/// checkpoint loader can fill it.
+template <class T, class Space = host_space>
+struct named_tensor {
+  std::string name;             ///< unique within its list
+  matrix_view<T, Space> value;  ///< the buffer; its shape is the tensor's shape
+};
+
+/// A list of named tensors.
+template <class T, class Space = host_space>
+using named_tensor_list = std::vector<named_tensor<T, Space>>;
+
 /// A model's parameters, in a fixed order.
 template <class T, class Space = host_space>
 using parameter_list = std::vector<parameter_view<T, Space>>;

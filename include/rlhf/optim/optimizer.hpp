@@ -28,16 +28,14 @@ namespace rlhf {
 
 /// One tensor of an optimizer's (or an EMA's) state, lent out for checkpoints: a stable name and a
 /// writable view of the buffer in the backend's memory. Names are "<kind>.<buffer>.<parameter name>",
-/// e.g. "adamw.m.layers.0.attention.wq".
+/// e.g. "adamw.m.layers.0.attention.wq". The same type as a checkpoint's extra tensors, so `o.state()`
+/// can be passed to rlhf::save_checkpoint as it is.
 template <class T, class Space = host_space>
-struct state_tensor {
-  std::string name;             ///< unique within the optimizer's state
-  matrix_view<T, Space> value;  ///< the buffer, same shape as the parameter it belongs to
-};
+using state_tensor = named_tensor<T, Space>;
 
 /// An optimizer's whole state as named tensors, in a fixed order.
 template <class T, class Space = host_space>
-using state_tensor_list = std::vector<state_tensor<T, Space>>;
+using state_tensor_list = named_tensor_list<T, Space>;
 
 namespace detail {
 template <class B, class T>
