@@ -2,7 +2,8 @@
 /// @brief Umbrella header: the whole library for the backends this translation unit can use.
 ///
 /// Includes the core (every algorithm, the reference backend) and, when Eigen is available
-/// (`__has_include(<Eigen/Core>)`), the Eigen backend.
+/// (`__has_include(<Eigen/Core>)`), the Eigen backend; with the CMake component `thrust`
+/// (`RLHF_HAS_THRUST`), the Thrust backend.
 #pragma once
 
 #include "rlhf/config.hpp"
@@ -16,6 +17,9 @@
 #include "rlhf/backends/view.hpp"
 #if defined(RLHF_HAS_EIGEN) || __has_include(<Eigen/Core>)
 #include "rlhf/backends/eigen.hpp"
+#endif
+#if defined(RLHF_HAS_THRUST)
+#include "rlhf/backends/thrust.hpp"
 #endif
 
 #include "rlhf/ops/kl_estimators.hpp"
@@ -35,10 +39,16 @@
 #include "rlhf/advantages/kl_penalized_rewards.hpp"
 #include "rlhf/advantages/reward_normalization.hpp"
 
+#include "rlhf/data/csv.hpp"
+#include "rlhf/data/human_preferences.hpp"
 #include "rlhf/data/json.hpp"
+#include "rlhf/data/jsonl.hpp"
+#include "rlhf/data/prompt_split.hpp"
+#include "rlhf/data/records.hpp"
 #include "rlhf/data/safetensors.hpp"
 
 #include "rlhf/models/checkpoint.hpp"
+#include "rlhf/models/concepts.hpp"
 #include "rlhf/models/layers/attention.hpp"
 #include "rlhf/models/layers/embedding.hpp"
 #include "rlhf/models/layers/linear.hpp"
@@ -47,8 +57,13 @@
 #include "rlhf/models/layers/swiglu.hpp"
 #include "rlhf/models/llama.hpp"
 #include "rlhf/models/llama2c_checkpoint.hpp"
+#include "rlhf/models/llama_checkpoint.hpp"
 #include "rlhf/models/llama_config.hpp"
+#include "rlhf/models/llama_reward_model.hpp"
+#include "rlhf/models/llama_value_model.hpp"
 #include "rlhf/models/parameters.hpp"
+#include "rlhf/models/sampling.hpp"
+#include "rlhf/models/scalar_head.hpp"
 #include "rlhf/models/tokenizer.hpp"
 
 #include "rlhf/optim/adamw.hpp"
@@ -59,3 +74,13 @@
 #include "rlhf/optim/sgd.hpp"
 
 #include "rlhf/train/kl_controller.hpp"
+#include "rlhf/train/labeler.hpp"
+#include "rlhf/train/metrics_log.hpp"
+#include "rlhf/train/optimizer_update.hpp"
+#include "rlhf/train/ppo_trainer.hpp"
+#include "rlhf/train/progress.hpp"
+#include "rlhf/train/reward_trainer.hpp"
+#include "rlhf/train/sft_trainer.hpp"
+#include "rlhf/train/svg_plot.hpp"
+#include "rlhf/train/token_batch.hpp"
+#include "rlhf/train/training_checkpoint.hpp"

@@ -1,0 +1,447 @@
+/// @file ppo_trainer.hpp
+/// @brief Step 3 of InstructGPT: PPO against the reward model with a per-token KL penalty to the SFT
+///        policy, GAE, PPO-clip with a clipped value loss, and optional PPO-ptx (Ouyang et al. 2022, §3.5,
+///        eq. 2; Schulman et al. 2017; Schulman et al. 2016; Ziegler et al. 2019).
+///
+/// One iteration (step()):
+/// 1. rollout: the policy samples a response for every prompt (KV cache, its own distribution);
+/// 2. scoring, nothing recorded: the policy's log-probs (the "old" ones), the reference (SFT) policy's,
+///    the values, the reward model's score of each prompt + response;
+/// 3. rewards: r_t = -beta (log pi(a_t|s_t) - log pi_SFT(a_t|s_t)) per response token, plus the score at
+///    the last response token (rlhf::kl_penalized_rewards); advantages and returns by GAE over the
+///    response tokens (rlhf::gae); advantages whitened over the batch (rlhf::whiten);
+/// 4. `ppo_epochs` passes over the batch in `minibatches` shuffled minibatches: the policy's PPO-clip loss
+///    (+ entropy bonus) backward, then the PPO-ptx loss on a pretraining batch (gamma * log-likelihood,
+///    accumulated into the same gradients), one clipped optimizer update; the value model's clipped value
+///    loss, one update. An optional early stop ends the epochs once the policy's KL to the rollout
+///    policy exceeds a threshold;
+/// 5. the KL controller (fixed beta, or Ziegler's adaptive controller on the per-sequence KL) and the
+///    EMA of the policy weights are updated.
+/// Defaults reproduce InstructGPT: beta 0.02, clip 0.2, value clip 0.2, gamma 1, lambda 0.95, ptx off
+/// (27.8 when on), temperature 1.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <numeric>
+#include <optional>
+#include <random>
+#include <span>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "rlhf/advantages/gae.hpp"
+#include "rlhf/advantages/kl_penalized_rewards.hpp"
+#include "rlhf/backends/memory.hpp"
+#include "rlhf/data/atomic_write.hpp"
+#include "rlhf/data/json.hpp"
+#include "rlhf/losses/entropy_bonus.hpp"
+#include "rlhf/losses/loss_aggregation.hpp"
+#include "rlhf/losses/ppo_clip_loss.hpp"
+#include "rlhf/losses/ptx_loss.hpp"
+#include "rlhf/losses/value_loss.hpp"
+#include "rlhf/models/concepts.hpp"
+#include "rlhf/models/sampling.hpp"
+#include "rlhf/ops/kl_estimators.hpp"
+#include "rlhf/ops/whitening.hpp"
+#include "rlhf/optim/ema.hpp"
+#include "rlhf/train/kl_controller.hpp"
+#include "rlhf/train/optimizer_update.hpp"
+#include "rlhf/train/token_batch.hpp"
+#include "rlhf/train/training_checkpoint.hpp"
+
+namespace rlhf {
+
+/// How the KL coefficient beta evolves.
+enum class kl_control {
+  fixed,     ///< beta stays at its initial value (InstructGPT)
+  adaptive,  ///< Ziegler et al. 2019's proportional controller on the per-sequence KL
+};
+
+/// Options of rlhf::ppo_trainer. Defaults: InstructGPT (Ouyang et al. 2022, §3.5 and appendix C.4).
+struct ppo_options {
+  // Rollout
+  std::size_t max_new_tokens = 32;   ///< response length limit
+  sampling_options sampling{};       ///< temperature 1, no truncation: the policy's own distribution
+  std::size_t max_length = 0;        ///< prompt + response rows are cut to this (0: no limit)
+  // Rewards and advantages
+  double beta = 0.02;                               ///< initial KL coefficient
+  kl_control control = kl_control::fixed;           ///< fixed or adaptive beta
+  double kl_target = 6.0;                           ///< adaptive: target KL in nats per sequence (ZGL)
+  double kl_horizon = 10000.0;                      ///< adaptive: horizon in episodes (ZGL)
+  kl_estimator_options kl{};                        ///< per-token KL estimator (k1 = log-ratio)
+  kl_penalized_rewards_options rewards{};           ///< score placement and clipping (beta overwritten)
+  gae_options gae{};                                ///< gamma 1, lambda 0.95
+  bool whiten_advantages = true;                    ///< whiten advantages over the batch's response tokens
+  whiten_options whitening{};
+  // Optimization
+  std::size_t ppo_epochs = 4;    ///< passes over each rollout batch
+  std::size_t minibatches = 1;   ///< minibatches per pass (rows shuffled each pass)
+  ppo_clip_options clip{};       ///< epsilon 0.2
+  value_loss_options value{};    ///< value clip 0.2
+  double entropy_coefficient = 0.0;  ///< entropy bonus (0: off, as InstructGPT)
+  loss_aggregation aggregation{};    ///< token mean
+  double early_stop_kl = 0.0;        ///< stop the epochs when the minibatch policy KL exceeds it (0: off)
+  double max_grad_norm = 1.0;        ///< global-norm clip of each model's gradients (<= 0: off)
+  lr_schedule_fn policy_schedule;    ///< empty: the optimizers' own rates
+  lr_schedule_fn value_schedule;
+  // PPO-ptx
+  bool ptx = false;      ///< mix in the pretraining log-likelihood (PPO-ptx)
+  ptx_options ptx_loss{};  ///< gamma 27.8
+  // Weight averaging
+  double ema_decay = 0.0;  ///< EMA of the policy's weights after each iteration (0: off; InstructGPT 0.992)
+  std::uint64_t seed = 1;  ///< minibatch shuffling; sampling seeds derive from sampling.seed + iteration
+};
+
+/// What one PPO iteration measured.
+struct ppo_iteration_stats {
+  std::size_t iteration = 0;
+  double mean_score = 0;          ///< the reward model's mean score of the responses
+  double mean_kl = 0;             ///< KL(policy || SFT) in nats per sequence, at rollout
+  double mean_reward = 0;         ///< mean total (KL-penalized) reward per sequence
+  double beta = 0;                ///< the coefficient used by this iteration
+  double mean_response_length = 0;
+  double policy_loss = 0;         ///< last minibatch
+  double value_loss = 0;
+  double clip_fraction = 0;
+  double approx_kl = 0;           ///< mean 0.5 (log-ratio)^2 of the last minibatch
+  double entropy = 0;             ///< mean entropy (when the bonus is on)
+  double ptx_loss = 0;            ///< scaled pretraining loss (when on)
+  std::size_t updates = 0;        ///< policy updates made (fewer than epochs x minibatches on early stop)
+  bool early_stopped = false;
+};
+
+/// One rollout: prompts and the sampled responses (token ids).
+struct ppo_rollout {
+  std::vector<std::vector<token_type>> prompts;
+  std::vector<std::vector<token_type>> responses;
+};
+
+/// PPO with a KL penalty to a reference policy.
+/// @tparam P an rlhf::policy (the trained policy and the frozen reference share its type)
+/// @tparam V an rlhf::value_model
+/// @tparam R an rlhf::reward_model
+/// @tparam OP, OV optimizers of the policy and of the value model
+template <class P, class V, class R, class OP, class OV>
+class ppo_trainer {
+ public:
+  using B = typename P::backend_type;
+  using T = typename P::value_type;
+
+  /// @param policy the policy being trained (starts as the SFT model)
+  /// @param reference the frozen SFT policy of the KL penalty (never updated)
+  /// @param value the value model (InstructGPT: rlhf::value_model_from(b, reward_model))
+  /// @param reward the reward model (never updated here)
+  ppo_trainer(P& policy, P& reference, V& value, R& reward, OP& policy_optimizer, OV& value_optimizer,
+              ppo_options options = {})
+      : policy_(policy),
+        reference_(reference),
+        value_(value),
+        reward_(reward),
+        policy_opt_(policy_optimizer),
+        value_opt_(value_optimizer),
+        options_(std::move(options)),
+        beta_(options_.beta),
+        rng_(options_.seed) {
+    detail::check_policy<P>();
+    detail::check_value_model<V>();
+    detail::check_reward_model<R>();
+    detail::check_optimizer<OP, B, T>();
+    detail::check_optimizer<OV, B, typename V::value_type>();
+    constexpr const char* fn = "rlhf::ppo_trainer";
+    detail::check_non_negative(fn, "options.beta", options_.beta);
+    detail::check_positive(fn, "options.ppo_epochs", static_cast<double>(options_.ppo_epochs));
+    detail::check_positive(fn, "options.minibatches", static_cast<double>(options_.minibatches));
+    detail::check_positive(fn, "options.max_new_tokens", static_cast<double>(options_.max_new_tokens));
+    detail::check_in_range(fn, "options.ema_decay", options_.ema_decay, 0.0, 1.0);
+    detail::check_non_negative(fn, "options.early_stop_kl", options_.early_stop_kl);
+    if (options_.control == kl_control::adaptive) {
+      adaptive_.emplace(options_.beta, kl_per_sequence{options_.kl_target}, options_.kl_horizon);
+    }
+  }
+
+  const ppo_options& options() const { return options_; }
+  /// The current KL coefficient.
+  double beta() const { return adaptive_ ? adaptive_->beta() : beta_; }
+  /// Iterations done.
+  std::size_t iterations() const { return iteration_; }
+  /// The EMA of the policy weights (when options.ema_decay > 0), e.g. to evaluate or save it.
+  weight_ema<B, T>& ema() { return ema_; }
+
+  /// Saves everything a resumed run needs into directory `dir` (created if missing): the policy and the
+  /// value model with their optimizers' state (policy.safetensors, value.safetensors; the EMA shadow
+  /// beside the policy), and the trainer's own state (ppo_state.json: iteration, KL coefficient, the
+  /// shuffling generator). Each file is replaced atomically.
+  void save_state(const B& b, const std::filesystem::path& dir) {
+    std::filesystem::create_directories(dir);
+    save_training_checkpoint(b, dir / "policy.safetensors", policy_, policy_opt_, {}, ema_tensors());
+    save_training_checkpoint(b, dir / "value.safetensors", value_, value_opt_);
+    std::ostringstream rng;
+    rng << rng_;
+    json_value state = json_value::object();
+    state.set("iteration", iteration_);
+    state.set("beta", beta());
+    state.set("ema_initialized", ema_initialized_);
+    state.set("shuffle_generator", rng.str());
+    detail::write_file_atomically("rlhf::ppo_trainer::save_state", dir / "ppo_state.json", serialize_json(state, 2) + "\n");
+  }
+
+  /// Restores a state written by save_state into this trainer and its models and optimizers (constructed
+  /// as for the interrupted run), so that the following iterations equal the uninterrupted run's.
+  void load_state(const B& b, const std::filesystem::path& dir) {
+    constexpr std::string_view fn = "rlhf::ppo_trainer::load_state";
+    std::ifstream in(dir / "ppo_state.json");
+    if (!in) detail::throw_argument_error(fn, "dir", "a directory written by save_state", (dir / "ppo_state.json").string() + " missing");
+    std::stringstream text;
+    text << in.rdbuf();
+    const json_value state = parse_json(text.str());
+    const bool ema_on = state.at("ema_initialized").as_bool();
+    if (ema_on && !ema_initialized_) {
+      ema_ = weight_ema<B, T>(weight_ema_options{options_.ema_decay});
+      ema_.reset(b, policy_.parameters());
+      ema_initialized_ = true;
+    }
+    load_training_checkpoint(b, dir / "policy.safetensors", policy_, policy_opt_, ema_tensors());
+    load_training_checkpoint(b, dir / "value.safetensors", value_, value_opt_);
+    iteration_ = static_cast<std::size_t>(state.at("iteration").as_uint64());
+    const double beta_saved = state.at("beta").as_double();
+    if (adaptive_) {
+      adaptive_.emplace(beta_saved, kl_per_sequence{options_.kl_target}, options_.kl_horizon);
+    } else {
+      beta_ = beta_saved;
+    }
+    std::istringstream rng(state.at("shuffle_generator").as_string());
+    rng >> rng_;
+  }
+
+  /// Samples one response per prompt with the current policy (the rollout of step()).
+  ppo_rollout rollout(const B& b, const std::vector<std::vector<token_type>>& prompts) {
+    sampling_options o = options_.sampling;
+    o.seed = options_.sampling.seed + 0x9E3779B97F4A7C15ull * (iteration_ + 1);
+    const auto seqs = policy_.generate(b, prompts, options_.max_new_tokens, o);
+    ppo_rollout r;
+    r.prompts = prompts;
+    for (std::size_t i = 0; i < seqs.size(); ++i) {
+      r.responses.emplace_back(seqs[i].begin() + static_cast<std::ptrdiff_t>(prompts[i].size()), seqs[i].end());
+    }
+    return r;
+  }
+
+  /// One PPO iteration on a batch of prompts (see the file comment).
+  /// @param prompts token ids, each non-empty
+  /// @param pretraining PPO-ptx batch (prompt = first token(s), response = the text to model); used only
+  ///        when options.ptx
+  ppo_iteration_stats step(const B& b, const std::vector<std::vector<token_type>>& prompts,
+                           std::span<const prompt_response> pretraining = {}) {
+    constexpr std::string_view fn = "rlhf::ppo_trainer::step";
+    if (prompts.empty()) detail::throw_argument_error(fn, "prompts", "at least one prompt", "none");
+    if (options_.ptx && pretraining.empty()) {
+      detail::throw_argument_error(fn, "pretraining", "a pretraining batch (options.ptx is on)", "none");
+    }
+    return learn(b, rollout(b, prompts), pretraining);
+  }
+
+  /// Steps 2-5 of an iteration on a given rollout (e.g. responses sampled elsewhere).
+  ppo_iteration_stats learn(const B& b, const ppo_rollout& rollout, std::span<const prompt_response> pretraining = {}) {
+    constexpr std::string_view fn = "rlhf::ppo_trainer::learn";
+    if (rollout.prompts.size() != rollout.responses.size() || rollout.prompts.empty()) {
+      detail::throw_argument_error(fn, "rollout", "as many responses as prompts, at least one",
+                                   std::to_string(rollout.responses.size()) + " responses for " +
+                                       std::to_string(rollout.prompts.size()) + " prompts");
+    }
+    ppo_iteration_stats stats;
+    stats.iteration = iteration_;
+    stats.beta = beta();
+    // Rows: prompt + response; the mask marks the response tokens (the actions).
+    std::vector<prompt_response> pairs(rollout.prompts.size());
+    std::vector<mask_type> has_eos(pairs.size(), 0);
+    for (std::size_t i = 0; i < pairs.size(); ++i) {
+      pairs[i] = {rollout.prompts[i], rollout.responses[i]};
+      has_eos[i] = !rollout.responses[i].empty() && rollout.responses[i].back() == options_.sampling.stop_token;
+      stats.mean_response_length += static_cast<double>(rollout.responses[i].size()) / static_cast<double>(pairs.size());
+    }
+    const token_batch host = make_token_batch(pairs, options_.max_length, fn);
+    const std::size_t rows = host.rows, cols = host.cols;
+    const auto dev = upload(b, host);
+    const auto eos = to_backend(b, has_eos);
+    auto old_logp = allocate<T>(b, rows, cols), ref_logp = allocate<T>(b, rows, cols);
+    auto old_values = allocate<T>(b, rows, cols), kl = allocate<T>(b, rows, cols), rewards = allocate<T>(b, rows, cols);
+    auto advantages = allocate<T>(b, rows, cols), returns = allocate<T>(b, rows, cols);
+    auto scores = allocate<T>(b, rows);
+    policy_.log_probs(b, dev.tokens_view(), dev.lengths_view(), old_logp.view(), backend_matrix<B, T>{},
+                      forward_mode::inference);
+    reference_.log_probs(b, dev.tokens_view(), dev.lengths_view(), ref_logp.view(), backend_matrix<B, T>{},
+                         forward_mode::inference);
+    value_.values(b, dev.tokens_view(), dev.lengths_view(), old_values.view(), forward_mode::inference);
+    reward_.scores(b, dev.tokens_view(), dev.lengths_view(), scores.view().flat(), forward_mode::inference);
+    // Ouyang et al. 2022, eq. 2: r_t = -beta * KL_t, plus the RM score at the last response token.
+    kl_penalized_rewards_options ro = options_.rewards;
+    ro.beta = beta();
+    const kl_penalized_rewards_stats rs =
+        kl_penalized_rewards(b, as_const(old_logp.view()), as_const(ref_logp.view()), as_const(scores.view().flat()),
+                             dev.mask_view(), as_const(eos.view().flat()), kl.view(), rewards.view(), options_.kl, ro);
+    stats.mean_score = rs.mean_raw_score;
+    stats.mean_kl = rs.mean_kl_sum;
+    stats.mean_reward = rs.mean_score + rs.mean_non_score_reward;
+    gae(b, as_const(rewards.view()), as_const(old_values.view()), dev.mask_view(), advantages.view(), returns.view(),
+        options_.gae);
+    if (options_.whiten_advantages) {
+      whiten(b, as_const(advantages.view()), dev.mask_view(), advantages.view(), options_.whitening);
+    }
+    // Host copies for minibatch gathers (PPO's per-row data is small next to the model).
+    const minibatch_source src{host, to_host(b, old_logp.view()), to_host(b, advantages.view()),
+                               to_host(b, old_values.view()), to_host(b, returns.view())};
+    std::vector<std::size_t> order(rows);
+    std::iota(order.begin(), order.end(), std::size_t(0));
+    const std::size_t mb_count = std::min(options_.minibatches, rows);
+    bool stop = false;
+    for (std::size_t epoch = 0; epoch < options_.ppo_epochs && !stop; ++epoch) {
+      std::shuffle(order.begin(), order.end(), rng_);
+      for (std::size_t m = 0; m < mb_count && !stop; ++m) {
+        const std::size_t first = m * rows / mb_count, last = (m + 1) * rows / mb_count;
+        const minibatch mb = gather(b, src, std::span<const std::size_t>(order).subspan(first, last - first));
+        const double policy_kl = update_policy(b, mb, pretraining, stats);
+        update_value(b, mb, stats);
+        ++stats.updates;
+        if (options_.early_stop_kl > 0 && policy_kl > options_.early_stop_kl) {
+          stop = true;
+          stats.early_stopped = true;
+        }
+      }
+    }
+    if (adaptive_) adaptive_->update(kl_per_sequence{stats.mean_kl}, rows);
+    if (options_.ema_decay > 0) {
+      if (iteration_ == 0 && !ema_initialized_) {
+        ema_ = weight_ema<B, T>(weight_ema_options{options_.ema_decay});
+        ema_initialized_ = true;
+      }
+      ema_.update(b, policy_.parameters());
+    }
+    ++iteration_;
+    return stats;
+  }
+
+ private:
+  struct minibatch_source {
+    const token_batch& batch;
+    std::vector<T> old_logp, advantages, old_values, returns;
+  };
+  struct minibatch {
+    device_token_batch<B> tokens;
+    buffer_t<B, T> old_logp, advantages, old_values, returns;
+    std::size_t rows = 0, cols = 0;
+  };
+
+  // Rows `idx` of the rollout batch, uploaded.
+  static minibatch gather(const B& b, const minibatch_source& s, std::span<const std::size_t> idx) {
+    const std::size_t cols = s.batch.cols, n = idx.size();
+    token_batch t;
+    t.rows = n;
+    t.cols = cols;
+    std::vector<T> lp(n * cols), adv(n * cols), ov(n * cols), ret(n * cols);
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::size_t r = idx[i];
+      const auto row = [&](const auto& v, auto& out) {
+        std::copy(v.begin() + static_cast<std::ptrdiff_t>(r * cols), v.begin() + static_cast<std::ptrdiff_t>((r + 1) * cols),
+                  out.begin() + static_cast<std::ptrdiff_t>(i * cols));
+      };
+      t.tokens.insert(t.tokens.end(), s.batch.tokens.begin() + static_cast<std::ptrdiff_t>(r * cols),
+                      s.batch.tokens.begin() + static_cast<std::ptrdiff_t>((r + 1) * cols));
+      t.mask.insert(t.mask.end(), s.batch.mask.begin() + static_cast<std::ptrdiff_t>(r * cols),
+                    s.batch.mask.begin() + static_cast<std::ptrdiff_t>((r + 1) * cols));
+      t.lengths.push_back(s.batch.lengths[r]);
+      t.prompt_lengths.push_back(s.batch.prompt_lengths[r]);
+      row(s.old_logp, lp);
+      row(s.advantages, adv);
+      row(s.old_values, ov);
+      row(s.returns, ret);
+    }
+    return {upload(b, t),
+            to_backend(b, std::span<const T>(lp), n, cols),
+            to_backend(b, std::span<const T>(adv), n, cols),
+            to_backend(b, std::span<const T>(ov), n, cols),
+            to_backend(b, std::span<const T>(ret), n, cols),
+            n,
+            cols};
+  }
+
+  // PPO-clip (+ entropy) backward, then PPO-ptx, then one policy update. Returns the minibatch's policy KL.
+  double update_policy(const B& b, const minibatch& mb, std::span<const prompt_response> pretraining,
+                       ppo_iteration_stats& stats) {
+    const bool want_entropy = options_.entropy_coefficient > 0;
+    auto logp = allocate<T>(b, mb.rows, mb.cols), d_logp = allocate<T>(b, mb.rows, mb.cols);
+    auto entropy = allocate<T>(b, want_entropy ? mb.rows : 0, mb.cols);
+    auto d_entropy = allocate<T>(b, want_entropy ? mb.rows : 0, mb.cols);
+    policy_.zero_grad(b);
+    policy_.log_probs(b, mb.tokens.tokens_view(), mb.tokens.lengths_view(), logp.view(),
+                      want_entropy ? entropy.view() : backend_matrix<B, T>{}, forward_mode::training);
+    // Schulman et al. 2017, eq. 7, on the response tokens.
+    const ppo_clip_stats ps = ppo_clip_loss(b, as_const(logp.view()), as_const(mb.old_logp.view()),
+                                            as_const(mb.advantages.view()), mb.tokens.mask_view(), d_logp.view(),
+                                            options_.clip, options_.aggregation);
+    stats.policy_loss = ps.loss;
+    stats.clip_fraction = ps.clip_fraction;
+    stats.approx_kl = ps.approx_kl;
+    if (want_entropy) {
+      const entropy_bonus_stats es = entropy_bonus(b, as_const(entropy.view()), mb.tokens.mask_view(), d_entropy.view(),
+                                                   options_.entropy_coefficient, options_.aggregation);
+      stats.entropy = es.mean_entropy;
+      policy_.log_probs_backward(b, as_const(d_logp.view()), as_const(d_entropy.view()));
+    } else {
+      policy_.log_probs_backward(b, as_const(d_logp.view()), backend_matrix<B, const T>{});
+    }
+    if (options_.ptx && !pretraining.empty()) {
+      // Ouyang et al. 2022, eq. 2, second term: gamma * E_pretrain[log pi(x)], as a loss to minimize.
+      const token_batch pt = make_token_batch(pretraining, options_.max_length, "rlhf::ppo_trainer::step (pretraining)");
+      const auto pdev = upload(b, pt);
+      auto plogp = allocate<T>(b, pt.rows, pt.cols), pd = allocate<T>(b, pt.rows, pt.cols);
+      policy_.log_probs(b, pdev.tokens_view(), pdev.lengths_view(), plogp.view(), backend_matrix<B, T>{},
+                        forward_mode::training);
+      const sft_loss_stats ls = ptx_loss(b, as_const(plogp.view()), pdev.mask_view(), pd.view(), options_.ptx_loss);
+      stats.ptx_loss = ls.loss;
+      policy_.log_probs_backward(b, as_const(pd.view()), backend_matrix<B, const T>{});
+    }
+    optimizer_update(b, policy_opt_, policy_.parameters(), options_.max_grad_norm, options_.policy_schedule);
+    return ps.policy_kl;
+  }
+
+  void update_value(const B& b, const minibatch& mb, ppo_iteration_stats& stats) {
+    using TV = typename V::value_type;
+    static_assert(std::is_same_v<TV, T>, "rlhf::ppo_trainer: the policy and the value model must share the element type");
+    auto values = allocate<T>(b, mb.rows, mb.cols), d_values = allocate<T>(b, mb.rows, mb.cols);
+    value_.zero_grad(b);
+    value_.values(b, mb.tokens.tokens_view(), mb.tokens.lengths_view(), values.view(), forward_mode::training);
+    const value_loss_stats vs = clipped_value_loss(b, as_const(values.view()), as_const(mb.old_values.view()),
+                                                   as_const(mb.returns.view()), mb.tokens.mask_view(), d_values.view(),
+                                                   options_.value, options_.aggregation);
+    stats.value_loss = vs.loss;
+    value_.values_backward(b, as_const(d_values.view()));
+    optimizer_update(b, value_opt_, value_.parameters(), options_.max_grad_norm, options_.value_schedule);
+  }
+
+  named_tensor_list<T, typename B::memory_space> ema_tensors() {
+    return ema_initialized_ ? ema_.state() : named_tensor_list<T, typename B::memory_space>{};
+  }
+
+  P& policy_;
+  P& reference_;
+  V& value_;
+  R& reward_;
+  OP& policy_opt_;
+  OV& value_opt_;
+  ppo_options options_;
+  double beta_;
+  std::optional<adaptive_kl_controller<kl_per_sequence>> adaptive_;
+  weight_ema<B, T> ema_;
+  bool ema_initialized_ = false;
+  std::mt19937_64 rng_;
+  std::size_t iteration_ = 0;
+};
+
+}  // namespace rlhf
