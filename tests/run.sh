@@ -10,10 +10,11 @@ rlhf_ensure_packages "${RLHF_BUILD_PACKAGES[@]}"
 presets=("$@")
 [ ${#presets[@]} -eq 0 ] && presets=(release debug-asan)
 for preset in "${presets[@]}"; do
-  echo "== rlhf tests: preset ${preset} =="
+  echo "== rlhf tests: preset ${preset} ($(date +%T)) =="
   cmake --workflow --preset "${preset}"
   if [ "${preset}" = release ]; then
     # The benchmarks are not part of the default build; compile them so they never rot (not timed here).
     cmake --build --preset release --target rlhf_benchmarks
   fi
 done
+echo "== rlhf tests: done ($(date +%T)) =="

@@ -35,7 +35,9 @@ struct config {
 };
 
 /// Every backend built into this test binary, each in float and double. `generic_only<...>` variants
-/// hide a backend's specializations so that the generic path of every algorithm runs too.
+/// hide a backend's specializations so that the generic path of every algorithm runs too. The Thrust
+/// backend runs on its OpenMP host system when OpenMP is there, else on the serial one (the two share
+/// every line of rlhf code; thrust_test.cpp holds both systems to the reference).
 using all_configs = std::tuple<config<rlhf::reference_backend, double>, config<rlhf::reference_backend, float>
 #if RLHF_TEST_HAS_EIGEN
                                ,
@@ -43,13 +45,12 @@ using all_configs = std::tuple<config<rlhf::reference_backend, double>, config<r
                                config<rlhf::generic_only<rlhf::eigen_backend>, double>,
                                config<rlhf::generic_only<rlhf::eigen_backend>, float>
 #endif
-#if RLHF_TEST_HAS_THRUST
-                               ,
-                               config<rlhf::thrust_cpp_backend, double>, config<rlhf::thrust_cpp_backend, float>
-#endif
 #if RLHF_TEST_HAS_THRUST && RLHF_TEST_HAS_THRUST_OMP
                                ,
                                config<rlhf::thrust_omp_backend, double>, config<rlhf::thrust_omp_backend, float>
+#elif RLHF_TEST_HAS_THRUST
+                               ,
+                               config<rlhf::thrust_cpp_backend, double>, config<rlhf::thrust_cpp_backend, float>
 #endif
                                >;
 
@@ -60,13 +61,12 @@ using double_configs = std::tuple<config<rlhf::reference_backend, double>
                                   config<rlhf::eigen_backend, double>,
                                   config<rlhf::generic_only<rlhf::eigen_backend>, double>
 #endif
-#if RLHF_TEST_HAS_THRUST
-                                  ,
-                                  config<rlhf::thrust_cpp_backend, double>
-#endif
 #if RLHF_TEST_HAS_THRUST && RLHF_TEST_HAS_THRUST_OMP
                                   ,
                                   config<rlhf::thrust_omp_backend, double>
+#elif RLHF_TEST_HAS_THRUST
+                                  ,
+                                  config<rlhf::thrust_cpp_backend, double>
 #endif
                                   >;
 
