@@ -20,14 +20,19 @@ int main(int argc, char* argv[]) {
   const bool listing = session.configData().listTests || session.configData().listTestNamesOnly ||
                        session.configData().listTags || session.configData().listReporters;
   if (!listing) {
-    std::printf("rlhf %s tests; backends: reference%s%s; OpenMP threads: %d; rng seed: %u\n", rlhf::version_string,
+    std::printf("rlhf %s tests; backends: reference%s%s%s; OpenMP threads: %d; rng seed: %u\n", rlhf::version_string,
 #if RLHF_TEST_HAS_EIGEN
-                ", eigen, generic_only<eigen>",
+                ", eigen",
+#else
+                "",
+#endif
+#if RLHF_TEST_HAS_EIGEN && RLHF_TEST_GENERIC_ONLY
+                ", generic_only<eigen>",
 #else
                 "",
 #endif
 #if RLHF_TEST_HAS_THRUST && RLHF_TEST_HAS_THRUST_OMP
-                ", thrust_cpp, thrust_omp",
+                ", thrust_omp",
 #elif RLHF_TEST_HAS_THRUST
                 ", thrust_cpp",
 #else

@@ -18,7 +18,11 @@
 // do. The trainers see only the files it writes. The report compares the pretrained, SFT and PPO
 // policies by the labeler's score on the test users' prompts.
 //
-//   instructgpt [--quick] [--data DIR] [--out DIR] [--seed N] [--threads N] [--beta B]
+// Every training phase runs through the trainers' fit(): per-step metrics files, a progress bar, and
+// checkpoints under OUT/checkpoints/ (every 10 PPO iterations). --resume continues an interrupted run
+// from them, ending where the uninterrupted run would have; without it, a run starts over.
+//
+//   instructgpt [--quick] [--resume] [--data DIR] [--out DIR] [--seed N] [--threads N] [--beta B]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -48,6 +52,7 @@ using opt_t = rlhf::adamw<backend, float>;
 
 struct settings {
   bool quick = false;
+  bool resume = false;
   std::string data = RLHF_EXAMPLE_DATA_DIR;
   std::string out = "instructgpt_out";
   std::uint64_t seed = 1;
@@ -161,13 +166,14 @@ int main(int argc, char** argv) {
       return argv[++i];
     };
     if (flag == "--quick") s.quick = true;
+    else if (flag == "--resume") s.resume = true;
     else if (flag == "--data") s.data = value();
     else if (flag == "--out") s.out = value();
     else if (flag == "--seed") s.seed = std::stoull(value());
     else if (flag == "--threads") s.threads = std::stoi(value());
     else if (flag == "--beta") s.beta = std::stod(value());
     else {
-      std::fprintf(stderr, "usage: instructgpt [--quick] [--data DIR] [--out DIR] [--seed N] [--threads N] [--beta B]\n");
+      std::fprintf(stderr, "usage: instructgpt [--quick] [--resume] [--data DIR] [--out DIR] [--seed N] [--threads N] [--beta B]\n");
       return 2;
     }
   }
@@ -229,20 +235,23 @@ int main(int argc, char** argv) {
     rlhf::sft_options so;
     so.schedule = rlhf::cosine_schedule(s.sft_lr, 0, s.sft_epochs * ((demonstrations.size() + 15) / 16));
     rlhf::sft_trainer sft(policy, sft_opt, so);
+    // Each phase's run: metrics file, progress label, checkpoints (started over unless --resume).
+    const auto run_for = [&](const std::string& name, const char* label, std::uint64_t seed) {
+      rlhf::run_options run;
+      run.seed = seed;
+      run.label = label;
+      run.metrics_path = s.out + "/" + name + "_metrics.csv";
+      run.checkpoint_dir = s.out + "/checkpoints/" + name;
+      run.resume = s.resume;
+      if (!s.resume) std::filesystem::remove_all(run.checkpoint_dir);
+      return run;
+    };
     {
-      rlhf::progress bar("  SFT", s.sft_epochs * ((demonstrations.size() + 15) / 16));
-      std::size_t step = 0;
-      std::mt19937_64 g(s.seed + 3);
-      for (std::size_t epoch = 0; epoch < s.sft_epochs; ++epoch) {
-        std::shuffle(demonstrations.begin(), demonstrations.end(), g);
-        for (std::size_t i = 0; i < demonstrations.size(); i += 16) {
-          const auto st = sft.step(b, std::span<const rlhf::prompt_response>(demonstrations).subspan(i, std::min<std::size_t>(16, demonstrations.size() - i)));
-          char msg[64];
-          std::snprintf(msg, sizeof msg, "nll %.3f", st.nll);
-          bar.update(++step, msg);
-        }
-      }
-      bar.finish();
+      rlhf::run_options run = run_for("sft", "  SFT", s.seed + 3);
+      run.epochs = s.sft_epochs;
+      run.batch_size = 16;
+      const auto r = sft.fit(b, demonstrations, run);
+      std::printf("  SFT: %zu steps, final batch nll %.3f\n", r.total_steps, r.history.empty() ? std::nan("") : r.last("nll"));
     }
     policy_t sft_policy = rlhf::load_llama2c(b, s.data + "/stories260K.bin");
     sft_policy.copy_parameters_from(b, policy);
@@ -265,20 +274,12 @@ int main(int argc, char** argv) {
     auto rm = rm_t::from_language_model(b, sft_policy, s.seed);
     opt_t rm_opt(rlhf::adamw_options{s.rm_lr, 0.9, 0.95, 1e-8, 0.0});
     rlhf::reward_trainer rt(rm, rm_opt);
-    const auto train_rm = [&](std::vector<rlhf::ranked_responses>& data, std::size_t epochs, const char* label) {
-      rlhf::progress bar(label, epochs * ((data.size() + 7) / 8));
-      std::size_t step = 0;
-      std::mt19937_64 g(s.seed + 5 + epochs);
-      for (std::size_t epoch = 0; epoch < epochs; ++epoch) {
-        std::shuffle(data.begin(), data.end(), g);
-        for (std::size_t i = 0; i < data.size(); i += 8) {
-          const auto st = rt.step(b, std::span<const rlhf::ranked_responses>(data).subspan(i, std::min<std::size_t>(8, data.size() - i)));
-          char msg[64];
-          std::snprintf(msg, sizeof msg, "loss %.3f  acc %.2f", st.loss, st.accuracy);
-          bar.update(++step, msg);
-        }
-      }
-      bar.finish();
+    const auto train_rm = [&](const std::vector<rlhf::ranked_responses>& data, std::size_t epochs, const std::string& name,
+                              const char* label) {
+      rlhf::run_options run = run_for(name, label, s.seed + 5 + epochs);
+      run.epochs = epochs;
+      run.batch_size = 8;
+      rt.fit(b, data, run);
       const auto v = rt.evaluate(b, valid_rankings);
       const double bias = rt.normalize_to_demonstrations(b, demonstrations);
       std::printf("  validation: pairwise accuracy %.3f over %.0f pairs, loss %.3f; demonstration bias %+.3f\n", v.accuracy,
@@ -286,7 +287,7 @@ int main(int argc, char** argv) {
       return v.accuracy;
     };
     std::printf("\nstep 2: reward model on %zu prompts x K = %zu ranked samples of the SFT policy\n", rankings.size(), s.k);
-    const double rm_accuracy_1 = train_rm(rankings, s.rm_epochs, "  RM");
+    const double rm_accuracy_1 = train_rm(rankings, s.rm_epochs, "rm_round1", "  RM");
 
     // 3. PPO against the RM with the KL penalty to the SFT policy; the value model starts from the RM.
     auto critic = rlhf::value_model_from(b, rm);
@@ -306,43 +307,35 @@ int main(int argc, char** argv) {
     po.kl_horizon = 200;  // fast enough to act within this short run
     po.seed = s.seed;
     rlhf::ppo_trainer ppo(policy, sft_policy, critic, rm, policy_opt, value_opt, po);
-    rlhf::metrics_log log(s.out + "/ppo_metrics.csv");
+    // PPO's curves for the plot, read back from the metrics files (complete after a --resume too).
     std::vector<double> curve_score, curve_kl;
-    std::mt19937_64 g(s.seed + 7);
-    const auto run_ppo = [&](std::size_t iterations, const char* label) {
-      rlhf::progress bar(label, iterations);
-      for (std::size_t it = 0; it < iterations; ++it) {
-        std::vector<std::vector<rlhf::token_type>> batch;
-        std::uniform_int_distribution<std::size_t> pick(0, train_prompts.size() - 1);
-        for (std::size_t i = 0; i < s.ppo_batch; ++i) batch.push_back(train_prompts[pick(g)]);
-        const auto st = ppo.step(b, batch);
-        curve_score.push_back(st.mean_score);
-        curve_kl.push_back(st.mean_kl);
-        log.write({{"iteration", static_cast<double>(st.iteration)},
-                   {"rm_score", st.mean_score},
-                   {"kl", st.mean_kl},
-                   {"reward", st.mean_reward},
-                   {"beta", st.beta},
-                   {"policy_loss", st.policy_loss},
-                   {"value_loss", st.value_loss},
-                   {"clip_fraction", st.clip_fraction},
-                   {"response_length", st.mean_response_length}});
-        char msg[96];
-        std::snprintf(msg, sizeof msg, "RM score %+.3f  KL %.2f  beta %.3f", st.mean_score, st.mean_kl, st.beta);
-        bar.update(it + 1, msg);
+    const auto run_ppo = [&](std::size_t iterations, const std::string& name, const char* label, std::uint64_t seed) {
+      rlhf::run_options run = run_for(name, label, seed);
+      run.iterations = iterations;
+      run.batch_size = s.ppo_batch;
+      run.checkpoint_every = 10;
+      ppo.fit(b, train_prompts, run);
+      const auto rows = rlhf::read_csv(run.metrics_path);
+      for (std::size_t i = 1; i < rows.size(); ++i) {  // row 0: the header
+        const auto column = [&](const char* key) {
+          const auto& h = rows[0].fields;
+          const auto at = static_cast<std::size_t>(std::find(h.begin(), h.end(), key) - h.begin());
+          return std::stod(rows[i].fields.at(at));
+        };
+        curve_score.push_back(column("rm_score"));
+        curve_kl.push_back(column("kl"));
       }
-      bar.finish();
     };
     std::printf("\nstep 3: PPO, %zu iterations of %zu prompts (beta %.2f adaptive, KL target %.0f nats, clip 0.2, "
                 "GAE lambda 0.95)\n",
                 s.ppo_iterations, s.ppo_batch, po.beta, po.kl_target);
-    run_ppo(s.ppo_iterations, "  PPO");
+    run_ppo(s.ppo_iterations, "ppo_round1", "  PPO", s.seed + 7);
 
     // Round 2: new rankings of the current policy's samples, the RM trained on them, PPO continued.
     std::printf("\nround 2: rankings of the PPO policy's samples, RM update, PPO continued\n");
     auto rankings2 = collect_rankings(policy, sets.train, s.out + "/rankings_round2.jsonl", s.seed + 41);
-    const double rm_accuracy_2 = train_rm(rankings2, 1, "  RM (round 2)");
-    run_ppo(s.round2_iterations, "  PPO (round 2)");
+    const double rm_accuracy_2 = train_rm(rankings2, 1, "rm_round2", "  RM (round 2)");
+    run_ppo(s.round2_iterations, "ppo_round2", "  PPO (round 2)", s.seed + 8);
     rlhf::write_svg_plot(s.out + "/ppo_curves.svg", "PPO on stories260K: reward-model score and KL to SFT", "iteration",
                          {{"RM score (per sequence)", curve_score}, {"KL(PPO || SFT), nats per sequence", curve_kl}});
 
@@ -378,7 +371,7 @@ int main(int argc, char** argv) {
                      {"win_rate_ppo_over_sft", win_rate},
                      {"kl_ppo_sft", kl}});
     }
-    std::printf("\nwrote %s/{demonstrations,rankings_*}.jsonl, ppo_metrics.csv, ppo_curves.svg, results.csv\n", s.out.c_str());
+    std::printf("\nwrote %s/{demonstrations,rankings_*}.jsonl, *_metrics.csv, ppo_curves.svg, results.csv; checkpoints/\n", s.out.c_str());
     if (s.quick && !(e_ppo.mean_score > e_sft.mean_score)) {
       std::fprintf(stderr, "check failed: PPO's labeler score does not beat SFT's\n");
       return 3;

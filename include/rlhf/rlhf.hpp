@@ -84,3 +84,4 @@
 #include "rlhf/train/svg_plot.hpp"
 #include "rlhf/train/token_batch.hpp"
 #include "rlhf/train/training_checkpoint.hpp"
+#include "rlhf/train/training_run.hpp"

@@ -1,9 +1,12 @@
 // The PPO trainer: a step on a fixed rollout moves the policy toward the higher-advantage response and
 // leaves the reference untouched; iterations raise the reward of a planted preference while the KL to
 // the reference grows from 0; PPO-ptx, the entropy bonus, the adaptive KL controller, early stopping and
-// the EMA take effect; a user-written reward model plugs in; bad input is rejected.
+// the EMA take effect; a user-written reward model plugs in; bad input is rejected; fit() resumes
+// exactly; the peers' presets hold their documented defaults; rollouts must come from the policy itself.
 #include "rlhf/train/ppo_trainer.hpp"
 
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "models/model_test_support.hpp"
@@ -223,4 +226,141 @@ TEMPLATE_LIST_TEST_CASE("ppo_trainer: save_state + load_state resume a run with 
   CHECK(t.beta() == a.beta());
   CHECK(to_host(resumed.b, t.ema().state()[0].value.flat()) == to_host(straight.b, a.ema().state()[0].value.flat()));
   CHECK_THROWS_WITH(t.load_state(resumed.b, dir.path / "nowhere"), Catch::Contains("rlhf::ppo_trainer::load_state"));
+}
+
+TEMPLATE_LIST_TEST_CASE("ppo_trainer::fit: prompt batches from the seeded order, metrics, and a resumed run equal to the "
+                        "uninterrupted one",
+                        "[train][ppo][checkpoint]", all_configs) {
+  using B = typename TestType::backend;
+  using T = typename TestType::value;
+  temp_dir dir;
+  ppo_options o;
+  o.max_new_tokens = 3;
+  o.minibatches = 2;
+  o.ppo_epochs = 2;
+  o.control = kl_control::adaptive;
+  o.kl_target = 0.5;
+  o.ptx = true;
+  const std::vector<std::vector<token_type>> prompts{{1, 2}, {1, 3}, {1, 4}, {1, 5}, {1, 6}};
+  const std::vector<prompt_response> pretraining{{{1}, {2, 3, 4}}, {{1}, {5, 6}}, {{1}, {7, 8, 9}}};
+  run_options run;
+  run.iterations = 5;
+  run.batch_size = 3;
+  run.ptx_batch_size = 2;
+  run.show_progress = false;
+  const auto fit = [&](run_options r, std::size_t stop_after, bool save_at_end) {
+    fixture<B, T> f;
+    ppo_trainer t(f.policy, f.reference, f.value, f.reward, f.policy_opt, f.value_opt, o);
+    r.stop_after = stop_after;
+    r.checkpoint_at_end = save_at_end;
+    const run_result result = t.fit(f.b, prompts, r, pretraining);
+    std::vector<std::vector<T>> weights;
+    for (const auto& p : f.policy.parameters()) weights.push_back(to_host(f.b, p.value.flat()));
+    for (const auto& p : f.value.parameters()) weights.push_back(to_host(f.b, p.value.flat()));
+    return std::tuple{result, weights, t.beta()};
+  };
+  run.metrics_path = dir / "straight.csv";
+  const auto [whole, whole_weights, whole_beta] = fit(run, 0, true);
+  REQUIRE(whole.history.size() == 5);
+  CHECK(whole.history[4][1] == std::pair<std::string, double>{"iteration", 5.0});
+  CHECK(whole.last("updates") == 4);
+  CHECK(whole.last("ptx_loss") > 0);
+  CHECK(whole.last("response_length") == 3);  // no stop token: every response has max_new_tokens
+  run.metrics_path = dir / "resumed.csv";
+  run.checkpoint_dir = dir / "ckpt";
+  run.checkpoint_every = 2;
+  fit(run, 3, false);  // killed after iteration 3: the checkpoint of iteration 2 survives
+  const auto [rest, resumed_weights, resumed_beta] = fit(run, 0, true);
+  CHECK(rest.resumed_from == 2);
+  CHECK(resumed_weights == whole_weights);
+  CHECK(resumed_beta == whole_beta);
+  CHECK(read_bytes(dir / "resumed.csv") == read_bytes(dir / "straight.csv"));
+
+  fixture<B, T> f;
+  ppo_trainer t(f.policy, f.reference, f.value, f.reward, f.policy_opt, f.value_opt, o);
+  run_options no_iterations;
+  CHECK_THROWS_WITH(t.fit(f.b, prompts, no_iterations, pretraining),
+                    Catch::Contains("rlhf::ppo_trainer::fit") && Catch::Contains("'run.iterations'"));
+  CHECK_THROWS_WITH(t.fit(f.b, prompts, run), Catch::Contains("rlhf::ppo_trainer::fit") && Catch::Contains("'pretraining'"));
+}
+
+// TRL #925 / #1857: generation settings that sample from anything but the policy itself (top-k, top-p,
+// a temperature) made the KL estimate negative and the policy collapse. The trainer refuses them.
+TEMPLATE_LIST_TEST_CASE("ppo_trainer: rollouts must sample the policy's own distribution (regression: TRL #925)",
+                        "[train][ppo][errors][peer-bug]", all_configs) {
+  using B = typename TestType::backend;
+  using T = typename TestType::value;
+  fixture<B, T> f;
+  const auto make = [&](const ppo_options& o) {
+    ppo_trainer t(f.policy, f.reference, f.value, f.reward, f.policy_opt, f.value_opt, o);
+    return t.beta();
+  };
+  ppo_options top_k;
+  top_k.sampling.top_k = 5;
+  CHECK_THROWS_WITH(make(top_k), Catch::Contains("rlhf::ppo_trainer") && Catch::Contains("'options.sampling.top_k'") &&
+                                     Catch::Contains("own distribution"));
+  ppo_options top_p;
+  top_p.sampling.top_p = 0.9;
+  CHECK_THROWS_WITH(make(top_p), Catch::Contains("'options.sampling.top_p'"));
+  ppo_options tempered;
+  tempered.sampling.temperature = 0.7;
+  CHECK_THROWS_WITH(make(tempered), Catch::Contains("'options.sampling.temperature'"));
+  ppo_options fine;
+  fine.sampling.top_p = 1.0;  // off, as is any value >= 1 or <= 0
+  fine.sampling.stop_token = 3;
+  fine.max_new_tokens = 4;
+  CHECK(make(fine) == 0.02);
+  // Sampled from the policy itself, the per-sequence KL to an identical reference is exactly 0 and the
+  // mean k1 estimate over iterations can never go negative for lack of matching distributions.
+  ppo_trainer t(f.policy, f.reference, f.value, f.reward, f.policy_opt, f.value_opt, fine);
+  const ppo_iteration_stats first = t.step(f.b, {{1, 2}, {1, 3}});
+  CHECK(first.mean_kl == 0.0);
+}
+
+TEST_CASE("ppo_options presets: each peer's documented defaults", "[train][ppo][presets]") {
+  const ppo_options igpt = ppo_options::instructgpt();
+  CHECK(igpt.beta == 0.02);
+  CHECK(igpt.control == kl_control::fixed);
+  CHECK(igpt.clip.eps_low == 0.2);
+  CHECK(igpt.clip.eps_high == 0.2);
+  CHECK(igpt.value.clip == 0.2);
+  CHECK(igpt.gae.gamma == 1.0);
+  CHECK(igpt.gae.lambda == 0.95);
+  CHECK(igpt.ptx_loss.coefficient == 27.8);
+  CHECK(igpt.ema_decay == 0.992);
+  const ppo_options zgl = ppo_options::zgl();
+  CHECK(zgl.beta == 0.2);
+  CHECK(zgl.control == kl_control::adaptive);
+  CHECK(zgl.kl_target == 6.0);
+  CHECK(zgl.kl_horizon == 10000.0);
+  CHECK(zgl.rewards.placement == score_placement::last_position);
+  CHECK(zgl.ppo_epochs == 4);
+  const ppo_options trl0 = ppo_options::trl0();
+  CHECK(trl0.beta == 0.2);
+  CHECK(trl0.control == kl_control::adaptive);
+  CHECK(trl0.whitening.variance == variance_kind::bessel);
+  const ppo_options trl1 = ppo_options::trl1();
+  CHECK(trl1.beta == 0.05);
+  CHECK(trl1.control == kl_control::fixed);
+  CHECK(trl1.rewards.placement == score_placement::one_past_last_valid);
+  const ppo_options dsc = ppo_options::dsc();
+  CHECK(dsc.beta == 0.1);
+  CHECK(dsc.rewards.score_clip == 5);
+  CHECK_FALSE(dsc.whiten_advantages);
+  CHECK(dsc.ppo_epochs == 1);
+  CHECK(dsc.ptx_loss.coefficient == 27.8);
+  const ppo_options orl = ppo_options::orl();
+  CHECK(orl.beta == 0.01);
+  CHECK(orl.gae.lambda == 1.0);
+  CHECK(orl.value.clip == 0.5);
+  CHECK(orl.kl.clamp == 10);
+  CHECK(orl.ptx_loss.coefficient == 0.05);
+  const ppo_options verl = ppo_options::verl();
+  CHECK(verl.beta == 0.001);
+  CHECK(verl.clip.dual_clip == 3.0);
+  CHECK(verl.value.clip == 0.5);
+  const ppo_options nemo = ppo_options::nemo();
+  CHECK(nemo.beta == 0.01);
+  CHECK(nemo.kl.estimator == kl_estimator::abs);
+  CHECK(nemo.ppo_epochs == 1);
 }

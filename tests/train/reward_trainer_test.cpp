@@ -3,12 +3,15 @@
 // malformed rankings are rejected with the argument named.
 #include "rlhf/train/reward_trainer.hpp"
 
+#include <cmath>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "models/model_test_support.hpp"
 #include "rlhf/models/llama_reward_model.hpp"
 #include "rlhf/optim/adamw.hpp"
+#include "temp_files.hpp"
 #include "test_support.hpp"
 
 using namespace rlhf;
@@ -97,4 +100,48 @@ TEMPLATE_LIST_TEST_CASE("reward_trainer: malformed rankings are rejected, naming
   CHECK_THROWS_WITH(trainer.step(b, mismatch), Catch::Contains("'batch[0].ranks'") && Catch::Contains("(3)"));
   CHECK_THROWS_WITH(trainer.step(b, std::span<const ranked_responses>{}), Catch::Contains("'batch'"));
   CHECK(opt.step_count() == 0);
+}
+
+TEMPLATE_LIST_TEST_CASE("reward_trainer::fit: validation accuracy in the metrics; an interrupted run resumes to the "
+                        "same weights and metrics file",
+                        "[train][reward][checkpoint]", all_configs) {
+  using B = typename TestType::backend;
+  using T = typename TestType::value;
+  const B b = TestType::make();
+  temp_dir dir;
+  std::mt19937_64 g(9);
+  const auto train = planted(g, 10, 4), valid = planted(g, 4, 4);
+  run_options run;
+  run.epochs = 2;
+  run.batch_size = 4;  // 3 steps per epoch (4, 4, 2 prompts)
+  run.show_progress = false;
+  const auto fit = [&](run_options r, std::size_t stop_after, bool save_at_end) {
+    llama_model<B, T> lm(b, tiny_llama_config());
+    lm.init_random(b, 3, 0.2);
+    auto rm = llama_reward_model<B, T>::from_language_model(b, lm, 1, 0.1);
+    adamw<B, T> opt(adamw_options{0.01});
+    reward_trainer trainer(rm, opt);
+    r.stop_after = stop_after;
+    r.checkpoint_at_end = save_at_end;
+    const run_result result = trainer.fit(b, train, r, valid);
+    std::vector<std::vector<T>> weights;
+    for (const auto& p : rm.parameters()) weights.push_back(to_host(b, p.value.flat()));
+    return std::pair{result, weights};
+  };
+  run.metrics_path = dir / "straight.jsonl";
+  const auto [whole, whole_weights] = fit(run, 0, true);
+  REQUIRE(whole.history.size() == 6);
+  CHECK(whole.history[2][5].first == "pairs");
+  CHECK(whole.history[2][5].second <= 12.0);  // the epoch's last batch: 2 prompts x C(4,2) pairs, less ties
+  CHECK(whole.history[1][5].second > 12.0);   // 4 prompts
+  CHECK(std::isfinite(whole.last("validation_accuracy")));
+  CHECK(std::isnan(whole.history[0].back().second));  // validation only at the end
+  run.metrics_path = dir / "resumed.jsonl";
+  run.checkpoint_dir = dir / "ckpt";
+  run.checkpoint_every = 2;
+  fit(run, 3, false);  // killed after step 3: the checkpoint of step 2 survives
+  const auto [rest, resumed_weights] = fit(run, 0, true);
+  CHECK(rest.resumed_from == 2);
+  CHECK(resumed_weights == whole_weights);
+  CHECK(read_bytes(dir / "resumed.jsonl") == read_bytes(dir / "straight.jsonl"));
 }

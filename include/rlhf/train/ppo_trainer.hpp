@@ -17,6 +17,7 @@
 ///    policy exceeds a threshold;
 /// 5. the KL controller (fixed beta, or Ziegler's adaptive controller on the per-sequence KL) and the
 ///    EMA of the policy weights are updated.
+/// fit() runs many iterations with metrics, progress, checkpoints and resumption (rlhf::run_options).
 /// Defaults reproduce InstructGPT: beta 0.02, clip 0.2, value clip 0.2, gamma 1, lambda 0.95, ptx off
 /// (27.8 when on), temperature 1.
 #pragma once
@@ -55,6 +56,7 @@
 #include "rlhf/train/optimizer_update.hpp"
 #include "rlhf/train/token_batch.hpp"
 #include "rlhf/train/training_checkpoint.hpp"
+#include "rlhf/train/training_run.hpp"
 
 namespace rlhf {
 
@@ -97,6 +99,80 @@ struct ppo_options {
   // Weight averaging
   double ema_decay = 0.0;  ///< EMA of the policy's weights after each iteration (0: off; InstructGPT 0.992)
   std::uint64_t seed = 1;  ///< minibatch shuffling; sampling seeds derive from sampling.seed + iteration
+
+  /// InstructGPT (Ouyang et al. 2022, appendix C.4): the defaults above with the policy EMA (0.992) on.
+  /// PPO-ptx is switched on by the caller (`ptx = true`; gamma 27.8), who provides the pretraining data.
+  static ppo_options instructgpt() {
+    ppo_options o;
+    o.ema_decay = 0.992;
+    return o;
+  }
+  /// openai/lm-human-preferences (Ziegler et al. 2019): adaptive beta from 0.2 towards 6 nats over a
+  /// 10000-episode horizon, score at the last position, lambda 0.95, 4 epochs, whitening per batch.
+  static ppo_options zgl() {
+    ppo_options o = preset(kl_penalized_rewards_options::zgl(), gae_options::zgl(), whiten_options::zgl(), true,
+                           ppo_clip_options::zgl(), value_loss_options::zgl(), kl_estimator_options::zgl(), 4);
+    o.control = kl_control::adaptive;
+    return o;
+  }
+  /// TRL 0.11 PPOTrainer: adaptive beta from 0.2 (target 6, horizon 10000), k1, masked Bessel whitening,
+  /// 4 epochs.
+  static ppo_options trl0() {
+    ppo_options o = preset(kl_penalized_rewards_options::trl0(), gae_options::trl0(), whiten_options::trl0(), true,
+                           ppo_clip_options::trl0(), value_loss_options::trl0(), kl_estimator_options::trl0(), 4);
+    o.control = kl_control::adaptive;
+    return o;
+  }
+  /// TRL (current) PPOTrainer: fixed beta 0.05, k1, masked Bessel whitening, 4 epochs. Its score slot
+  /// (one past the last response token) is the placement bug the library's default avoids; the preset
+  /// keeps it to reproduce TRL's numbers.
+  static ppo_options trl1() {
+    return preset(kl_penalized_rewards_options::trl1(), gae_options::trl1(), whiten_options::trl1(), true,
+                  ppo_clip_options::trl1(), value_loss_options::trl1(), kl_estimator_options::trl1(), 4);
+  }
+  /// DeepSpeed-Chat step 3: fixed beta 0.1, score clipped to +-5, no advantage whitening, 1 epoch;
+  /// unsupervised (ptx) coefficient 27.8 when ptx is on.
+  static ppo_options dsc() {
+    ppo_options o = preset(kl_penalized_rewards_options::dsc(), gae_options::dsc(), whiten_options{}, false,
+                           ppo_clip_options::dsc(), value_loss_options::dsc(), kl_estimator_options::dsc(), 1);
+    o.ptx_loss = ptx_options::dsc();
+    return o;
+  }
+  /// OpenRLHF: fixed beta 0.01, k1 clamped to +-10, score clipped to +-10, lambda 1, value clip 0.5,
+  /// biased whitening, 1 epoch.
+  static ppo_options orl() {
+    ppo_options o = preset(kl_penalized_rewards_options::orl(), gae_options::orl(), whiten_options::orl(), true,
+                           ppo_clip_options{}, value_loss_options::orl(), kl_estimator_options::orl(), 1);
+    o.ptx_loss = ptx_options::orl();
+    return o;
+  }
+  /// verl: fixed beta 0.001 (when the KL is in the reward), lambda 1, dual-clip 3 with the log-ratio
+  /// clamped to +-20, value clip 0.5, Bessel whitening, 1 epoch.
+  static ppo_options verl() {
+    return preset(kl_penalized_rewards_options::verl(), gae_options::verl(), whiten_options::verl(), true,
+                  ppo_clip_options::verl(), value_loss_options::verl(), kl_estimator_options::verl(), 1);
+  }
+  /// NeMo-Aligner: fixed beta 0.01, |k1|, biased whitening, value clip 0.2, 1 epoch.
+  static ppo_options nemo() {
+    return preset(kl_penalized_rewards_options::nemo(), gae_options::nemo(), whiten_options::nemo(), true,
+                  ppo_clip_options::nemo(), value_loss_options::nemo(), kl_estimator_options::nemo(), 1);
+  }
+
+ private:
+  static ppo_options preset(kl_penalized_rewards_options rewards, gae_options g, whiten_options w, bool whiten,
+                            ppo_clip_options clip, value_loss_options value, kl_estimator_options kl, std::size_t epochs) {
+    ppo_options o;
+    o.beta = rewards.beta;
+    o.rewards = rewards;
+    o.gae = g;
+    o.whitening = w;
+    o.whiten_advantages = whiten;
+    o.clip = clip;
+    o.value = value;
+    o.kl = kl;
+    o.ppo_epochs = epochs;
+    return o;
+  }
 };
 
 /// What one PPO iteration measured.
@@ -161,6 +237,22 @@ class ppo_trainer {
     detail::check_positive(fn, "options.max_new_tokens", static_cast<double>(options_.max_new_tokens));
     detail::check_in_range(fn, "options.ema_decay", options_.ema_decay, 0.0, 1.0);
     detail::check_non_negative(fn, "options.early_stop_kl", options_.early_stop_kl);
+    // The KL penalty and the PPO ratio assume the responses were sampled from the policy itself:
+    // truncated (top-k, top-p) or tempered samples give biased, even negative, KL estimates and a
+    // collapsing policy (TRL #925, #1857).
+    if (options_.sampling.temperature != 1.0) {
+      detail::throw_argument_error(fn, "options.sampling.temperature",
+                                   "1 (PPO samples from the policy's own distribution)",
+                                   std::to_string(options_.sampling.temperature));
+    }
+    if (options_.sampling.top_k != 0) {
+      detail::throw_argument_error(fn, "options.sampling.top_k", "0 (PPO samples from the policy's own distribution)",
+                                   std::to_string(options_.sampling.top_k));
+    }
+    if (options_.sampling.top_p > 0.0 && options_.sampling.top_p < 1.0) {
+      detail::throw_argument_error(fn, "options.sampling.top_p", "1 (PPO samples from the policy's own distribution)",
+                                   std::to_string(options_.sampling.top_p));
+    }
     if (options_.control == kl_control::adaptive) {
       adaptive_.emplace(options_.beta, kl_per_sequence{options_.kl_target}, options_.kl_horizon);
     }
@@ -245,6 +337,51 @@ class ppo_trainer {
       detail::throw_argument_error(fn, "pretraining", "a pretraining batch (options.ptx is on)", "none");
     }
     return learn(b, rollout(b, prompts), pretraining);
+  }
+
+  /// Runs run.iterations iterations, each on run.batch_size prompts taken in order from an endless
+  /// sequence of seeded permutations of `prompts` (and, with PPO-ptx, run.ptx_batch_size rows of
+  /// `pretraining` the same way), writing per-step metrics (step, iteration, rm_score, kl, reward, beta,
+  /// response_length, policy_loss, value_loss, clip_fraction, approx_kl, entropy, ptx_loss, updates),
+  /// checkpointing the whole trainer state (save_state) and resuming from run.checkpoint_dir. A resumed
+  /// run equals the uninterrupted one (see training_run.hpp).
+  /// @throws rlhf::invalid_argument on no prompts, run.iterations == 0, or ptx on without pretraining data
+  run_result fit(const B& b, std::span<const std::vector<token_type>> prompts, const run_options& run,
+                 std::span<const prompt_response> pretraining = {}) {
+    constexpr std::string_view fn = "rlhf::ppo_trainer::fit";
+    if (prompts.empty()) detail::throw_argument_error(fn, "prompts", "at least one prompt", "none");
+    detail::check_run_options(fn, run);
+    detail::check_positive(fn, "run.iterations", static_cast<double>(run.iterations));
+    if (options_.ptx && pretraining.empty()) {
+      detail::throw_argument_error(fn, "pretraining", "pretraining rows (options.ptx is on)", "none");
+    }
+    epoch_order prompt_order(prompts.size(), run.seed), ptx_order(pretraining.size(), run.seed + 1);
+    const std::size_t ptx_batch = run.ptx_batch_size != 0 ? run.ptx_batch_size : run.batch_size;
+    const auto one_step = [&](std::size_t s) {
+      std::vector<std::vector<token_type>> batch;
+      for (const std::size_t i : prompt_order.stream_batch(run.batch_size, s)) batch.push_back(prompts[i]);
+      std::vector<prompt_response> ptx;
+      if (options_.ptx) {
+        for (const std::size_t i : ptx_order.stream_batch(ptx_batch, s)) ptx.push_back(pretraining[i]);
+      }
+      const ppo_iteration_stats st = step(b, batch, ptx);
+      return metrics_row{{"iteration", static_cast<double>(st.iteration + 1)},
+                         {"rm_score", st.mean_score},
+                         {"kl", st.mean_kl},
+                         {"reward", st.mean_reward},
+                         {"beta", st.beta},
+                         {"response_length", st.mean_response_length},
+                         {"policy_loss", st.policy_loss},
+                         {"value_loss", st.value_loss},
+                         {"clip_fraction", st.clip_fraction},
+                         {"approx_kl", st.approx_kl},
+                         {"entropy", st.entropy},
+                         {"ptx_loss", st.ptx_loss},
+                         {"updates", static_cast<double>(st.updates)}};
+    };
+    return detail::run_training_loop(
+        fn, run, "PPO", run.iterations, one_step, [&](const std::filesystem::path& dir) { save_state(b, dir); },
+        [&](const std::filesystem::path& dir) { load_state(b, dir); });
   }
 
   /// Steps 2-5 of an iteration on a given rollout (e.g. responses sampled elsewhere).

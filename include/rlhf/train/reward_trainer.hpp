@@ -6,10 +6,12 @@
 /// One step takes P prompts with K_p responses each: every response is scored once (one forward per
 /// response, all sum_p K_p rows in one batch, not one forward per pair, which would overfit in one epoch
 /// as the paper observes), the scores are laid out as [P, K_max] for rlhf::ranking_loss, and its
-/// gradient flows back through the model's scores_backward.
+/// gradient flows back through the model's scores_backward. fit() runs whole epochs with metrics,
+/// progress, checkpoints and resumption (rlhf::run_options).
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -24,6 +26,8 @@
 #include "rlhf/models/concepts.hpp"
 #include "rlhf/train/optimizer_update.hpp"
 #include "rlhf/train/token_batch.hpp"
+#include "rlhf/train/training_checkpoint.hpp"
+#include "rlhf/train/training_run.hpp"
 
 namespace rlhf {
 
@@ -80,6 +84,47 @@ class reward_trainer {
     reward_step_stats s = loss_and_gradient(b, batch, true, fn);
     s.update = optimizer_update(b, optimizer_, model_.parameters(), options_.max_grad_norm, options_.schedule);
     return s;
+  }
+
+  /// Trains for run.epochs passes over `train` in batches of run.batch_size ranked prompts (each epoch in
+  /// its own seeded order; InstructGPT trains one epoch), writing per-step metrics (step, epoch, loss,
+  /// accuracy, margin, pairs, grad_norm, learning_rate, and validation_loss / validation_accuracy when
+  /// `validation` is given: after every run.eval_every steps and at the end, NaN in other rows),
+  /// checkpointing the model with its optimizer, and resuming from run.checkpoint_dir. The demonstration
+  /// bias (normalize_to_demonstrations) is the caller's step after fit().
+  /// @throws rlhf::invalid_argument on empty training data, a zero batch size or a checkpoint of another
+  ///         model or run
+  run_result fit(const B& b, std::span<const ranked_responses> train, const run_options& run,
+                 std::span<const ranked_responses> validation = {}) {
+    constexpr std::string_view fn = "rlhf::reward_trainer::fit";
+    if (train.empty()) detail::throw_argument_error(fn, "train", "at least one ranked prompt", "none");
+    detail::check_run_options(fn, run);
+    epoch_order order(train.size(), run.seed);
+    const std::size_t per_epoch = order.batches_per_epoch(run.batch_size), total = run.epochs * per_epoch;
+    std::vector<ranked_responses> batch;
+    const auto one_step = [&](std::size_t s) {
+      batch.clear();
+      for (const std::size_t i : order.epoch_batch(run.batch_size, s)) batch.push_back(train[i]);
+      const reward_step_stats st = step(b, batch);
+      metrics_row row{{"epoch", static_cast<double>(s / per_epoch + 1)},
+                      {"loss", st.loss},
+                      {"accuracy", st.accuracy},
+                      {"margin", st.mean_margin},
+                      {"pairs", st.compared_pairs},
+                      {"grad_norm", st.update.grad_norm},
+                      {"learning_rate", st.update.learning_rate}};
+      if (!validation.empty()) {
+        const bool eval = detail::evaluate_after(run, s, total);
+        const reward_step_stats v = eval ? evaluate(b, validation) : reward_step_stats{};
+        row.emplace_back("validation_loss", eval ? v.loss : std::nan(""));
+        row.emplace_back("validation_accuracy", eval ? v.accuracy : std::nan(""));
+      }
+      return row;
+    };
+    return detail::run_training_loop(
+        fn, run, "RM", total, one_step,
+        [&](const std::filesystem::path& dir) { save_training_checkpoint(b, dir / "reward_model.safetensors", model_, optimizer_); },
+        [&](const std::filesystem::path& dir) { load_training_checkpoint(b, dir / "reward_model.safetensors", model_, optimizer_); });
   }
 
   /// Loss and pairwise accuracy over `data` (inference mode, nothing recorded), weighted by compared pairs.

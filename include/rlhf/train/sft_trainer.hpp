@@ -5,7 +5,8 @@
 /// One step: pad the batch (prompt + response per row, rlhf::make_token_batch), the policy's log-probs in
 /// training mode, the SFT loss -aggregate(log pi(response tokens)) and its gradient (rlhf::sft_loss, masked
 /// to the response tokens), the policy's backward, gradient clipping, the scheduled learning rate, the
-/// optimizer's update. evaluate() gives the validation loss with nothing recorded.
+/// optimizer's update. evaluate() gives the validation loss with nothing recorded. fit() runs whole epochs
+/// with metrics, progress, checkpoints and resumption (rlhf::run_options).
 #pragma once
 
 #include <cmath>
@@ -13,6 +14,7 @@
 #include <span>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "rlhf/backends/memory.hpp"
 #include "rlhf/losses/loss_aggregation.hpp"
@@ -20,6 +22,8 @@
 #include "rlhf/models/concepts.hpp"
 #include "rlhf/train/optimizer_update.hpp"
 #include "rlhf/train/token_batch.hpp"
+#include "rlhf/train/training_checkpoint.hpp"
+#include "rlhf/train/training_run.hpp"
 
 namespace rlhf {
 
@@ -87,6 +91,42 @@ class sft_trainer {
     s.tokens = l.token_count;
     s.update = optimizer_update(b, optimizer_, policy_.parameters(), options_.max_grad_norm, options_.schedule);
     return s;
+  }
+
+  /// Trains for run.epochs passes over `train` in batches of run.batch_size demonstrations (each epoch
+  /// in its own seeded order), writing per-step metrics (step, epoch, loss, nll, tokens, grad_norm,
+  /// learning_rate, and validation_nll when `validation` is given: after every run.eval_every steps and
+  /// at the end, NaN in other rows), checkpointing the policy with its optimizer, and resuming from
+  /// run.checkpoint_dir. A resumed run equals the uninterrupted one (see training_run.hpp).
+  /// @throws rlhf::invalid_argument on empty training data, a zero batch size or a checkpoint of another
+  ///         model or run
+  run_result fit(const B& b, std::span<const prompt_response> train, const run_options& run,
+                 std::span<const prompt_response> validation = {}) {
+    constexpr std::string_view fn = "rlhf::sft_trainer::fit";
+    if (train.empty()) detail::throw_argument_error(fn, "train", "at least one demonstration", "none");
+    detail::check_run_options(fn, run);
+    epoch_order order(train.size(), run.seed);
+    const std::size_t per_epoch = order.batches_per_epoch(run.batch_size), total = run.epochs * per_epoch;
+    std::vector<prompt_response> batch;
+    const auto one_step = [&](std::size_t s) {
+      batch.clear();
+      for (const std::size_t i : order.epoch_batch(run.batch_size, s)) batch.push_back(train[i]);
+      const sft_step_stats st = step(b, batch);
+      metrics_row row{{"epoch", static_cast<double>(s / per_epoch + 1)},
+                      {"loss", st.loss},
+                      {"nll", st.nll},
+                      {"tokens", st.tokens},
+                      {"grad_norm", st.update.grad_norm},
+                      {"learning_rate", st.update.learning_rate}};
+      if (!validation.empty()) {
+        row.emplace_back("validation_nll", detail::evaluate_after(run, s, total) ? evaluate(b, validation).nll : std::nan(""));
+      }
+      return row;
+    };
+    return detail::run_training_loop(
+        fn, run, "SFT", total, one_step,
+        [&](const std::filesystem::path& dir) { save_training_checkpoint(b, dir / "policy.safetensors", policy_, optimizer_); },
+        [&](const std::filesystem::path& dir) { load_training_checkpoint(b, dir / "policy.safetensors", policy_, optimizer_); });
   }
 
   /// Mean negative log-likelihood per response token over `data` (inference mode, nothing recorded).
