@@ -11,7 +11,7 @@
 ///                row-major (C order)
 ///
 /// Writing (`write_safetensors`) is atomic: the bytes go to a temporary file in the target's
-/// directory (`<path>.tmp.<pid>.<counter>`), which is flushed, `fsync`ed and then renamed over the
+/// directory (`<path>.tmp.<pid>.<counter>`, through rlhf::detail::write_file_atomically), which is flushed, `fsync`ed and then renamed over the
 /// target, and the directory is `fsync`ed so the rename itself is durable. A crash or an error at any
 /// point leaves either the old file or the complete new one, never a half-written one; on an error the
 /// temporary file is removed and the target is untouched. The header is padded with spaces to a
@@ -34,7 +34,6 @@
 #pragma once
 
 #include <algorithm>
-#include <atomic>
 #include <bit>
 #include <cerrno>
 #include <cstddef>
@@ -51,10 +50,8 @@
 #include <type_traits>
 #include <vector>
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
+#include "rlhf/data/atomic_write.hpp"
 #include "rlhf/data/json.hpp"
 #include "rlhf/error.hpp"
 
@@ -222,50 +219,6 @@ inline std::optional<std::uint64_t> checked_mul(std::uint64_t a, std::uint64_t b
   return a * b;
 }
 
-inline std::string errno_text(int err) { return std::string(std::strerror(err)) + " (errno " + std::to_string(err) + ")"; }
-
-// Owns a POSIX file descriptor.
-class unique_fd {
- public:
-  explicit unique_fd(int fd) : fd_(fd) {}
-  unique_fd(const unique_fd&) = delete;
-  unique_fd& operator=(const unique_fd&) = delete;
-  ~unique_fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int get() const { return fd_; }
-  // Closes now and reports close's error (write-back errors may surface only here).
-  int close_checked() {
-    const int fd = fd_;
-    fd_ = -1;
-    return ::close(fd);
-  }
-
- private:
-  int fd_;
-};
-
-inline void write_all(int fd, const std::byte* data, std::size_t size, const std::filesystem::path& path,
-                      const std::filesystem::path& tmp) {
-  while (size > 0) {
-    // Linux writes at most 0x7ffff000 bytes per call; loop over partial writes and EINTR.
-    const std::size_t chunk = std::min<std::size_t>(size, std::size_t(1) << 30);
-    const ssize_t n = ::write(fd, data, chunk);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0)  // a regular file never accepts 0 bytes of a non-empty write unless something is wrong
-      throw_safetensors("rlhf::write_safetensors", path,
-                        "cannot write the temporary file " + tmp.string() + ": " +
-                            (n < 0 ? errno_text(errno) : std::string("no progress (0 bytes written)")));
-    data += n;
-    size -= static_cast<std::size_t>(n);
-  }
-}
-
-inline std::atomic<unsigned long long>& safetensors_temp_counter() {
-  static std::atomic<unsigned long long> counter{0};
-  return counter;
-}
-
 }  // namespace detail
 
 /// Writes tensors and metadata to a safetensors file, atomically (see the file comment).
@@ -341,42 +294,10 @@ inline void write_safetensors(const std::filesystem::path& path, std::span<const
   std::byte prefix[8];
   for (int k = 0; k < 8; ++k) prefix[k] = static_cast<std::byte>((text.size() >> (8 * k)) & 0xFF);
 
-  const std::filesystem::path tmp =
-      path.string() + ".tmp." + std::to_string(static_cast<long long>(::getpid())) + "." +
-      std::to_string(detail::safetensors_temp_counter().fetch_add(1));
-  detail::unique_fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
-  if (fd.get() < 0)
-    detail::throw_safetensors(fn, path, "cannot create the temporary file " + tmp.string() + ": " +
-                                            detail::errno_text(errno));
-  // From here on, any failure removes the temporary file.
-  struct remove_on_failure {
-    const std::filesystem::path& p;
-    bool armed = true;
-    ~remove_on_failure() {
-      if (armed) ::unlink(p.c_str());
-    }
-  } guard{tmp};
-  detail::write_all(fd.get(), prefix, 8, path, tmp);
-  detail::write_all(fd.get(), reinterpret_cast<const std::byte*>(text.data()), text.size(), path, tmp);
-  for (std::size_t k : order) detail::write_all(fd.get(), tensors[k].bytes.data(), tensors[k].bytes.size(), path, tmp);
-  // The data must be on disk before the rename makes it visible under the target's name.
-  if (::fsync(fd.get()) != 0)
-    detail::throw_safetensors(fn, path, "cannot fsync the temporary file " + tmp.string() + ": " +
-                                            detail::errno_text(errno));
-  if (fd.close_checked() != 0)
-    detail::throw_safetensors(fn, path, "cannot close the temporary file " + tmp.string() + ": " +
-                                            detail::errno_text(errno));
-  if (::rename(tmp.c_str(), path.c_str()) != 0)
-    detail::throw_safetensors(fn, path, "cannot rename the temporary file " + tmp.string() + " over it: " +
-                                            detail::errno_text(errno));
-  guard.armed = false;
-  // Make the rename durable too (best effort: some file systems cannot fsync a directory).
-  const std::filesystem::path dir = path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    (void)::fsync(dfd);
-    ::close(dfd);
-  }
+  std::vector<std::span<const std::byte>> pieces{std::span<const std::byte>(prefix, 8),
+                                                 std::span<const std::byte>(reinterpret_cast<const std::byte*>(text.data()), text.size())};
+  for (std::size_t k : order) pieces.emplace_back(tensors[k].bytes.data(), tensors[k].bytes.size());
+  detail::write_file_atomically(fn, path, pieces);
 }
 
 /// Convenience overload taking a vector (or a braced list) of tensors.
@@ -426,7 +347,7 @@ inline safetensors_file read_safetensors(const std::filesystem::path& path, cons
                                             ? "expected a regular file, received another kind of file"
                                             : "expected an existing file, received a path that does not exist");
   std::ifstream in(path, std::ios::binary);
-  if (!in) detail::throw_safetensors(fn, path, "cannot open the file for reading: " + detail::errno_text(errno));
+  if (!in) detail::throw_safetensors(fn, path, "cannot open the file for reading: " + detail::errno_message(errno));
   in.seekg(0, std::ios::end);
   const std::streamoff end = in.tellg();
   in.seekg(0, std::ios::beg);
