@@ -8,6 +8,7 @@
 #include "rlhf/backends/memory.hpp"
 #include "rlhf/backends/reference.hpp"
 #include "rlhf/losses/ppo_clip_loss.hpp"
+#include "rlhf/testing/conformance.hpp"
 #if CONSUMER_USES_EIGEN
 #include "rlhf/backends/eigen.hpp"
 #endif
@@ -40,6 +41,12 @@ int run(const B& b, const char* name) {
   ok = ok && std::abs(stats.loss + 0.5) < 1e-12 && stats.clip_fraction == 0.0;
   std::printf("%s backend: advantages %.3f %.3f %.3f, PPO loss %.4f -> %s\n", name, a[0], a[1], a[2], stats.loss,
               ok ? "ok" : "WRONG");
+  // The installed conformance suite, as a backend author would run it.
+  rlhf::testing::conformance_options co;
+  co.name = name;
+  const rlhf::testing::conformance_report report = rlhf::testing::check_conformance<float>(b, co);
+  std::printf("%s\n", report.summary().c_str());
+  ok = ok && report.ok();
   return ok ? 0 : 1;
 }
 

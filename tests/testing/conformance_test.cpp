@@ -1,0 +1,80 @@
+// The conformance suite: every backend built into the tests passes it in float and double, and it
+// catches a backend whose primitive is wrong: a broken reverse recurrence shows up in the primitive's
+// own check and again in GAE, which runs on it.
+#include "rlhf/testing/conformance.hpp"
+
+#include <string>
+#include <typeinfo>
+#include <type_traits>
+
+#include "test_support.hpp"
+
+using namespace rlhf;
+using namespace rlhf::test;
+
+namespace broken_ns {
+// A backend whose reverse recurrence is wrong at one column: it computes y[t] = x[t] + a[t] * y[t+1]
+// except that it drops a[t] at t = cols - 2.
+struct broken_recurrence_backend : reference_backend {
+  template <class T>
+  void reverse_linear_recurrence(matrix_view<T, host_space> out, std::type_identity_t<matrix_view<const T, host_space>> a,
+                                 std::type_identity_t<matrix_view<const T, host_space>> x) const {
+    reference_backend::reverse_linear_recurrence(out, a, x);
+    for (std::size_t r = 0; r < out.rows; ++r) out(r, out.cols - 2) = x(r, out.cols - 2) + out(r, out.cols - 1);
+  }
+};
+// A backend whose transform_reduce starts from 0 instead of `init` (wrong for a max, or a count with a
+// non-zero start): the ranking loss's input validation then trips inside the suite.
+struct zero_init_reduce_backend : reference_backend {
+  template <class Acc, class Op, class F, class In0, class... In>
+  Acc transform_reduce(Acc, Op op, F f, vector_view<In0, host_space> in0, vector_view<In, host_space>... in) const {
+    return reference_backend::transform_reduce(Acc(0), op, f, in0, in...);
+  }
+};
+}  // namespace broken_ns
+
+TEMPLATE_LIST_TEST_CASE("conformance: every backend in the tests passes the suite", "[testing][conformance]", all_configs) {
+  using B = typename TestType::backend;
+  using T = typename TestType::value;
+  const B b = TestType::make();
+  testing::conformance_options o;
+  o.name = Catch::Detail::stringify(typeid(B).name());
+  const testing::conformance_report r = testing::check_conformance<T>(b, o);
+  INFO(r.summary());
+  CHECK(r.ok());
+  CHECK(r.checks >= 30);
+  CHECK(r.summary().find("all passed") != std::string::npos);
+  // Other shapes and seeds: a single-column remainder, more rows than a vector register.
+  o.rows = 19;
+  o.cols = 2;
+  o.seed = 7;
+  const testing::conformance_report small = testing::check_conformance<T>(b, o);
+  INFO(small.summary());
+  CHECK(small.ok());
+}
+
+TEST_CASE("conformance: a wrong primitive is reported, naming the primitive and what depends on it",
+          "[testing][conformance]") {
+  const broken_ns::broken_recurrence_backend b;
+  const testing::conformance_report r = testing::check_conformance<double>(b, {.name = "broken"});
+  CHECK_FALSE(r.ok());
+  const std::string s = r.summary();
+  INFO(s);
+  CHECK(s.find("broken: ") == 0);
+  CHECK(s.find("reverse_linear_recurrence: element") != std::string::npos);
+  CHECK(s.find("gae: advantages") != std::string::npos);
+  CHECK(s.find("ppo_clip_loss") == std::string::npos);  // what does not depend on it still passes
+  const testing::conformance_report bad = testing::check_conformance<float>(b, {.rows = 2});
+  CHECK(bad.failures.size() == 1);
+  CHECK(bad.failures[0].check == "options");
+}
+
+TEST_CASE("conformance: a check that throws is reported as that check's failure, not thrown",
+          "[testing][conformance]") {
+  const broken_ns::zero_init_reduce_backend b;
+  testing::conformance_report r;
+  REQUIRE_NOTHROW(r = testing::check_conformance<float>(b));
+  INFO(r.summary());
+  CHECK_FALSE(r.ok());
+  CHECK(r.summary().find("threw: rlhf::") != std::string::npos);
+}
