@@ -23,6 +23,7 @@
 // from them, ending where the uninterrupted run would have; without it, a run starts over.
 //
 //   instructgpt [--quick] [--resume] [--data DIR] [--out DIR] [--seed N] [--threads N] [--beta B]
+//               [--ppo-iterations N] [--round2-iterations N] [--eval-samples N]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -63,7 +64,7 @@ struct settings {
   // Sizes (the --quick values are set in main).
   std::size_t users = 48, demo_samples = 4, k = 4, new_tokens = 24;
   std::size_t sft_epochs = 3, rm_epochs = 2, ppo_iterations = 60, round2_iterations = 30, ppo_batch = 32;
-  std::size_t eval_samples = 4;
+  std::size_t eval_samples = 8;  // per test prompt: with 4, the per-prompt win rate is visibly noisy
   double policy_lr = 2e-4, value_lr = 5e-4, rm_lr = 3e-4, sft_lr = 5e-4, beta = 0.2, kl_target = 6.0;
 };
 
@@ -159,24 +160,8 @@ std::vector<rlhf::ranked_responses> to_ranked(const std::vector<demo::ranking_re
 int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // results and progress lines (stderr) interleave in logs
   settings s;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    const auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw std::runtime_error("missing value after " + flag);
-      return argv[++i];
-    };
-    if (flag == "--quick") s.quick = true;
-    else if (flag == "--resume") s.resume = true;
-    else if (flag == "--data") s.data = value();
-    else if (flag == "--out") s.out = value();
-    else if (flag == "--seed") s.seed = std::stoull(value());
-    else if (flag == "--threads") s.threads = std::stoi(value());
-    else if (flag == "--beta") s.beta = std::stod(value());
-    else {
-      std::fprintf(stderr, "usage: instructgpt [--quick] [--resume] [--data DIR] [--out DIR] [--seed N] [--threads N] [--beta B]\n");
-      return 2;
-    }
-  }
+  // --quick sets the sizes first, so that explicit flags after it override them.
+  for (int i = 1; i < argc; ++i) s.quick = s.quick || std::strcmp(argv[i], "--quick") == 0;
   if (s.quick) {
     s.users = 24;
     s.sft_epochs = 2;
@@ -186,6 +171,33 @@ int main(int argc, char** argv) {
     s.ppo_batch = 24;
     s.eval_samples = 2;
     s.new_tokens = 16;
+  }
+  try {
+    for (int i = 1; i < argc; ++i) {
+      const std::string flag = argv[i];
+      const auto value = [&]() -> std::string {
+        if (i + 1 >= argc) throw std::runtime_error("missing value after " + flag);
+        return argv[++i];
+      };
+      if (flag == "--quick") s.quick = true;
+      else if (flag == "--resume") s.resume = true;
+      else if (flag == "--data") s.data = value();
+      else if (flag == "--out") s.out = value();
+      else if (flag == "--seed") s.seed = std::stoull(value());
+      else if (flag == "--threads") s.threads = std::stoi(value());
+      else if (flag == "--beta") s.beta = std::stod(value());
+      else if (flag == "--ppo-iterations") s.ppo_iterations = std::stoull(value());
+      else if (flag == "--round2-iterations") s.round2_iterations = std::stoull(value());
+      else if (flag == "--eval-samples") s.eval_samples = std::stoull(value());
+      else {
+        std::fprintf(stderr, "usage: instructgpt [--quick] [--resume] [--data DIR] [--out DIR] [--seed N] [--threads N] [--beta B]\n"
+                             "                   [--ppo-iterations N] [--round2-iterations N] [--eval-samples N]\n");
+        return 2;
+      }
+    }
+  } catch (const std::exception& e) {  // a missing or malformed flag value
+    std::fprintf(stderr, "instructgpt: bad command line: %s\n", e.what());
+    return 2;
   }
   try {
     const backend b{s.threads};
