@@ -24,6 +24,10 @@
 #include "rlhf/backends/thrust.hpp"
 #endif
 
+#ifndef RLHF_TEST_FLOAT
+#define RLHF_TEST_FLOAT 1
+#endif
+
 namespace rlhf::test {
 
 /// One test configuration: a backend type and an element type.
@@ -36,13 +40,22 @@ struct config {
 
 /// Every backend built into this test binary, each in float and double. `generic_only<...>` variants
 /// hide a backend's specializations so that the generic path of every algorithm runs too (not in the
-/// sanitizer build, RLHF_TEST_GENERIC_ONLY=0, which keeps CI short: the release build runs them). The Thrust
+/// sanitizer build, RLHF_TEST_GENERIC_ONLY=0, which keeps CI short: the release build runs them). The
+/// sanitizer build also runs the reference and Eigen backends in double only (RLHF_TEST_FLOAT=0). The Thrust
 /// backend runs on its OpenMP host system when OpenMP is there, else on the serial one (the two share
 /// every line of rlhf code; thrust_test.cpp holds both systems to the reference).
-using all_configs = std::tuple<config<rlhf::reference_backend, double>, config<rlhf::reference_backend, float>
+using all_configs = std::tuple<config<rlhf::reference_backend, double>
+#if RLHF_TEST_FLOAT
+                               ,
+                               config<rlhf::reference_backend, float>
+#endif
 #if RLHF_TEST_HAS_EIGEN
                                ,
-                               config<rlhf::eigen_backend, double>, config<rlhf::eigen_backend, float>
+                               config<rlhf::eigen_backend, double>
+#endif
+#if RLHF_TEST_HAS_EIGEN && RLHF_TEST_FLOAT
+                               ,
+                               config<rlhf::eigen_backend, float>
 #endif
 #if RLHF_TEST_HAS_EIGEN && RLHF_TEST_GENERIC_ONLY
                                ,
