@@ -20,7 +20,7 @@ int main(int argc, char* argv[]) {
   const bool listing = session.configData().listTests || session.configData().listTestNamesOnly ||
                        session.configData().listTags || session.configData().listReporters;
   if (!listing) {
-    std::printf("rlhf %s tests; backends: reference%s%s%s; OpenMP threads: %d; rng seed: %u\n", rlhf::version_string,
+    std::printf("rlhf %s tests; backends: reference%s%s%s%s; OpenMP threads: %d; rng seed: %u\n", rlhf::version_string,
 #if RLHF_TEST_HAS_EIGEN
                 ", eigen",
 #else
@@ -28,6 +28,13 @@ int main(int argc, char* argv[]) {
 #endif
 #if RLHF_TEST_HAS_EIGEN && RLHF_TEST_GENERIC_ONLY
                 ", generic_only<eigen>",
+#else
+                "",
+#endif
+#if RLHF_TEST_XTENSOR_EVERYWHERE
+                ", xtensor",
+#elif RLHF_TEST_HAS_XTENSOR
+                ", xtensor (xtensor_test only)",
 #else
                 "",
 #endif

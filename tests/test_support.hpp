@@ -23,6 +23,9 @@
 #if RLHF_TEST_HAS_THRUST
 #include "rlhf/backends/thrust.hpp"
 #endif
+#if RLHF_TEST_HAS_XTENSOR
+#include "rlhf/backends/xtensor.hpp"
+#endif
 
 #ifndef RLHF_TEST_FLOAT
 #define RLHF_TEST_FLOAT 1
@@ -38,10 +41,12 @@ struct config {
   static Backend make() { return Backend{}; }
 };
 
-/// Every backend built into this test binary, each in float and double. `generic_only<...>` variants
-/// hide a backend's specializations so that the generic path of every algorithm runs too (not in the
-/// sanitizer build, RLHF_TEST_GENERIC_ONLY=0, which keeps CI short: the release build runs them). The
-/// sanitizer build also runs the reference and Eigen backends in double only (RLHF_TEST_FLOAT=0). The Thrust
+/// Every backend built into this test binary, each in float and double. `generic_only<eigen>` hides the
+/// Eigen backend's specializations so that the generic path of every algorithm runs over Eigen's
+/// primitives too, in double (the xtensor backend has no specializations: its float configuration runs
+/// every generic path in float). The sanitizer build (RLHF_TEST_GENERIC_ONLY=0) skips generic_only to keep
+/// CI short: the release build runs it. The
+/// sanitizer build also runs the reference, Eigen and xtensor backends in double only (RLHF_TEST_FLOAT=0). The Thrust
 /// backend runs on its OpenMP host system when OpenMP is there, else on the serial one (the two share
 /// every line of rlhf code; thrust_test.cpp holds both systems to the reference).
 using all_configs = std::tuple<config<rlhf::reference_backend, double>
@@ -59,8 +64,15 @@ using all_configs = std::tuple<config<rlhf::reference_backend, double>
 #endif
 #if RLHF_TEST_HAS_EIGEN && RLHF_TEST_GENERIC_ONLY
                                ,
-                               config<rlhf::generic_only<rlhf::eigen_backend>, double>,
-                               config<rlhf::generic_only<rlhf::eigen_backend>, float>
+                               config<rlhf::generic_only<rlhf::eigen_backend>, double>
+#endif
+#if RLHF_TEST_XTENSOR_EVERYWHERE
+                               ,
+                               config<rlhf::xtensor_backend, double>
+#endif
+#if RLHF_TEST_XTENSOR_EVERYWHERE && RLHF_TEST_FLOAT
+                               ,
+                               config<rlhf::xtensor_backend, float>
 #endif
 #if RLHF_TEST_HAS_THRUST && RLHF_TEST_HAS_THRUST_OMP
                                ,
@@ -80,6 +92,10 @@ using double_configs = std::tuple<config<rlhf::reference_backend, double>
 #if RLHF_TEST_HAS_EIGEN && RLHF_TEST_GENERIC_ONLY
                                   ,
                                   config<rlhf::generic_only<rlhf::eigen_backend>, double>
+#endif
+#if RLHF_TEST_XTENSOR_EVERYWHERE
+                                  ,
+                                  config<rlhf::xtensor_backend, double>
 #endif
 #if RLHF_TEST_HAS_THRUST && RLHF_TEST_HAS_THRUST_OMP
                                   ,

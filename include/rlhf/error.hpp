@@ -35,6 +35,13 @@ class non_finite_error : public invalid_argument {
   using invalid_argument::invalid_argument;
 };
 
+/// Thrown when a CUDA runtime or cuBLAS call made by a CUDA backend fails; the message names the library
+/// function, the call and the status. (Declared here, without CUDA headers, so host code can catch it.)
+class cuda_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 namespace detail {
 inline std::atomic<int>& finite_checks_state() {
   // -1: not decided yet (read the environment on first use), 0: off, 1: on.

@@ -15,6 +15,12 @@
 #if CONSUMER_USES_THRUST
 #include "rlhf/backends/thrust.hpp"
 #endif
+#if CONSUMER_USES_XTENSOR
+#include "rlhf/backends/xtensor.hpp"
+#endif
+#if CONSUMER_USES_CUDA
+#include "rlhf/backends/cuda.cuh"
+#endif
 
 template <class B>
 int run(const B& b, const char* name) {
@@ -57,6 +63,16 @@ int main() {
 #endif
 #if CONSUMER_USES_THRUST
   failures += run(rlhf::thrust_cpp_backend{}, "thrust_cpp");
+#endif
+#if CONSUMER_USES_XTENSOR
+  failures += run(rlhf::xtensor_backend{}, "xtensor");
+#endif
+#if CONSUMER_USES_CUDA
+  if (rlhf::cuda_device_count() > 0) {
+    failures += run(rlhf::cuda_backend{}, "cuda");
+  } else {
+    std::printf("cuda backend: compiled; no CUDA device, not run\n");
+  }
 #endif
   if (failures == 0) std::printf("rlhf consumer OK (rlhf %s)\n", rlhf::version_string);
   return failures;

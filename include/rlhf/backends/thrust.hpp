@@ -49,7 +49,13 @@
 #include "rlhf/backends/view.hpp"
 
 #if RLHF_HAS_CUDA_COMPILER
+#include <cuda_runtime.h>
 #include <thrust/copy.h>
+#include <thrust/system/cuda/execution_policy.h>
+
+#include <string>
+
+#include "rlhf/error.hpp"
 #endif
 
 // GCC 12 at -O2 loses track of the functors' members once Thrust's wrappers are inlined and reports them
@@ -454,6 +460,18 @@ struct thrust_backend {
   void copy_across(const T* src, std::size_t n, T* dst, std::bool_constant<FromSpace>, std::bool_constant<ToSpace>) const {
     if constexpr (FromSpace && ToSpace) {
       ::thrust::copy(policy, src, src + n, dst);
+    } else if constexpr (std::is_base_of_v<::thrust::cuda_cub::execution_policy<System>, System>) {
+      // Host <-> device on the policy's own stream (Thrust's cross-system copy would use the default
+      // stream, which does not wait for a non-blocking stream), complete when this returns: the host
+      // side may be read, reused or freed right after.
+      System p = policy;
+      const cudaStream_t stream = ::thrust::cuda_cub::stream(p);
+      cudaError_t status = cudaMemcpyAsync(dst, src, n * sizeof(T), cudaMemcpyDefault, stream);
+      if (status == cudaSuccess) status = cudaStreamSynchronize(stream);
+      if (status != cudaSuccess) {
+        throw rlhf::cuda_error(std::string("rlhf::thrust_backend::copy: cudaMemcpyAsync of ") + std::to_string(n) +
+                               " element(s) failed: " + cudaGetErrorName(status) + " (" + cudaGetErrorString(status) + ")");
+      }
     } else {
       using host_tag = ::thrust::cpp::tag;
       using src_ptr = ::thrust::pointer<const T, std::conditional_t<FromSpace, System, host_tag>>;

@@ -34,6 +34,7 @@
 
 #include "rlhf/backends/checks.hpp"
 #include "rlhf/backends/concepts.hpp"
+#include "rlhf/backends/online_logsumexp.hpp"
 #include "rlhf/backends/view.hpp"
 #include "rlhf/config.hpp"
 #include "rlhf/error.hpp"
@@ -76,38 +77,6 @@ struct token_logprob_stats {
 };
 
 namespace detail {
-
-inline constexpr double logp_inf = std::numeric_limits<double>::infinity();
-
-/// Online logsumexp of one row with the entropy's weighted sum (Milakov & Gimelshein 2018).
-/// State after elements x_1..x_n (raw logits; u = x * inv_t):
-///   m = max_i x_i,   s = sum_i e^(u_i - m inv_t),   w = sum_i e^(u_i - m inv_t) (u_i - m inv_t),
-/// so logsumexp(u) = m inv_t + log s and H = log s - w / s. A new maximum x' rescales by
-/// r = e^((m - x') inv_t): s' = r s, w' = r (w + s (m - x') inv_t). Elements equal to -inf are skipped
-/// (probability 0); the state starts at m = -inf, s = w = 0.
-struct logp_online_state {
-  double m = -logp_inf;
-  double s = 0.0;
-  double w = 0.0;
-
-  RLHF_HOST_DEVICE RLHF_FORCE_INLINE void add(double x, double inv_t) {
-    if (x > m) {
-      if (s > 0.0) {
-        const double d = (m - x) * inv_t;
-        const double r = exp(d);
-        w = r * (w + s * d);
-        s = r * s;
-      }
-      s += 1.0;  // the new maximum contributes e^0 = 1 and (u - max) = 0 to w
-      m = x;
-    } else if (!(x == -logp_inf)) {  // NaN falls through here and poisons s: NaN in, NaN out.
-      const double d = (x - m) * inv_t;
-      const double e = exp(d);
-      s += e;
-      if (e > 0.0) w += e * d;
-    }
-  }
-};
 
 /// Device-callable check for the opt-in finite check on logits: NaN and +inf are bad, -inf is allowed
 /// (a filtered vocabulary entry).
@@ -207,12 +176,11 @@ struct token_logprobs_row {
     const T* row = logits.data + r * v;
     logp_online_state st;
     for (std::size_t j = 0; j < v; ++j) st.add(static_cast<double>(row[j]), inv_t);
-    const double log_s = log(st.s);
-    const double zy = static_cast<double>(row[static_cast<std::size_t>(tokens[r])]);
-    // logp = u_y - (m inv_t + log s) = (z_y - m) inv_t - log s: the difference of raw logits first.
-    logprobs[r] = static_cast<T>((zy - st.m) * inv_t - log_s);
-    if (!logsumexp.empty()) logsumexp[r] = static_cast<T>(st.m * inv_t + log_s);
-    if (!entropy.empty()) entropy[r] = static_cast<T>(log_s - st.w / st.s);
+    double lp = 0.0, lse = 0.0, h = 0.0;
+    st.finish(static_cast<double>(row[static_cast<std::size_t>(tokens[r])]), inv_t, lp, lse, h);
+    logprobs[r] = static_cast<T>(lp);
+    if (!logsumexp.empty()) logsumexp[r] = static_cast<T>(lse);
+    if (!entropy.empty()) entropy[r] = static_cast<T>(h);
   }
 };
 
@@ -243,13 +211,7 @@ struct token_logprobs_backward_row {
     const double lse = static_cast<double>(logsumexp[r]);
     const std::size_t y = static_cast<std::size_t>(tokens[r]);
     for (std::size_t j = 0; j < v; ++j) {
-      const double lp = static_cast<double>(row[j]) * inv_t - lse;  // log p_j
-      const double p = exp(lp);
-      // d logp_y / d u_j = 1[j == y] - p_j;  d H / d u_j = -p_j (log p_j + H), 0 where p_j = 0.
-      double d = -g * p;
-      if (p > 0.0) d -= gh * p * (lp + h);
-      if (j == y) d += g;
-      out[j] = static_cast<T>(d * inv_t);
+      out[j] = static_cast<T>(logp_backward_element(static_cast<double>(row[j]), j == y, lse, g, gh, h, inv_t));
     }
   }
 };

@@ -1,0 +1,188 @@
+/// @file cuda.cuh
+/// @brief The CUDA backend: the Thrust backend on the CUDA system bound to a stream, cuBLAS GEMM, and
+/// hand-written kernels for the hot paths (rlhf/backends/cuda/), each beside its CPU reference.
+///
+/// `rlhf::cuda_backend` derives from `rlhf::thrust_backend` with Thrust's CUDA system, so every primitive
+/// of the backend concept runs on the GPU as a Thrust algorithm, and overrides what pays:
+/// - `gemm` calls cuBLAS (`cublasSgemm` / `cublasDgemm`) for float and double; other element types use the
+///   Thrust tiles;
+/// - the specialized kernels in `rlhf/backends/cuda/*.cuh` (found by argument-dependent lookup, like the
+///   Eigen backend's) replace an algorithm's generic path; each kernel's arithmetic is a host-and-device
+///   function of the ops layer that the CPU tests exercise, and the GPU tests hold the kernel to the
+///   reference backend.
+///
+/// Streams and synchronization. A backend is bound to one CUDA stream (the legacy default stream unless
+/// one is given); copies of the backend share it and one cuBLAS handle. Every primitive and kernel is
+/// enqueued on that stream and returns without waiting, except those that hand data to the host:
+/// `copy` to or from host memory and `transform_reduce` (which returns a host value) wait for the stream.
+/// Call `synchronize()` before device memory written by the backend is read by other streams or by
+/// host code through other means. Buffers are plain `cudaMalloc` allocations (through Thrust).
+///
+/// This header is CUDA code: include it from a `.cu` file compiled by nvcc with `--extended-lambda`
+/// (the rlhf::cuda CMake target sets it).
+#pragma once
+
+#if !defined(__CUDACC__)
+#error "rlhf/backends/cuda.cuh is CUDA code: include it from a .cu file compiled by nvcc (CMake: link rlhf::cuda)"
+#endif
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <thrust/system/cuda/execution_policy.h>
+
+#include <cstddef>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <type_traits>
+
+#include "rlhf/backends/concepts.hpp"
+#include "rlhf/backends/thrust.hpp"
+#include "rlhf/backends/view.hpp"
+#include "rlhf/error.hpp"
+
+namespace rlhf {
+
+/// The number of CUDA devices this process can use: 0 when there is none, or no driver.
+inline int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the sticky "no device" error
+    return 0;
+  }
+  return n;
+}
+
+namespace backends {
+
+namespace detail {
+
+inline void cuda_check(cudaError_t status, const char* function, const char* call) {
+  if (status != cudaSuccess) {
+    throw rlhf::cuda_error(std::string(function) + ": " + call + " failed: " + cudaGetErrorName(status) + " (" +
+                           cudaGetErrorString(status) + ")");
+  }
+}
+
+inline const char* cublas_status_name(cublasStatus_t status) {
+  switch (status) {
+    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    default: return "an unknown cuBLAS status";
+  }
+}
+
+inline void cublas_check(cublasStatus_t status, const char* function, const char* call) {
+  if (status != CUBLAS_STATUS_SUCCESS) {
+    throw rlhf::cuda_error(std::string(function) + ": " + call + " failed: " + cublas_status_name(status));
+  }
+}
+
+/// What copies of one cuda_backend share: the stream and a cuBLAS handle, created on first use (so that a
+/// backend can be constructed, copied and destroyed on a machine without a GPU).
+struct cuda_shared_state {
+  explicit cuda_shared_state(cudaStream_t s) : stream(s) {}
+  cuda_shared_state(const cuda_shared_state&) = delete;
+  cuda_shared_state& operator=(const cuda_shared_state&) = delete;
+  ~cuda_shared_state() {
+    if (cublas != nullptr) cublasDestroy(cublas);
+  }
+  cudaStream_t stream;
+  std::once_flag cublas_once;
+  cublasHandle_t cublas = nullptr;
+};
+
+}  // namespace detail
+
+/// The Thrust execution policy of the CUDA backend: Thrust's CUDA system on a stream, without the
+/// synchronization Thrust would otherwise add after each algorithm.
+using cuda_stream_policy = ::thrust::cuda_cub::execute_on_stream_nosync;
+
+/// The CUDA backend. Satisfies rlhf::complete_backend; memory is device memory (`cuda_space`).
+struct cuda_backend : thrust_backend<cuda_stream_policy, cuda_space> {
+  using base_backend = thrust_backend<cuda_stream_policy, cuda_space>;
+  static constexpr const char* name = "cuda";
+  /// Threads per block of the row kernels (one block per row).
+  static constexpr unsigned row_block_threads = 256;
+
+  /// On the legacy default stream.
+  cuda_backend() : cuda_backend(cudaStream_t{}) {}
+  /// On `stream` (not owned: it must outlive the backend and every copy of it).
+  explicit cuda_backend(cudaStream_t stream)
+      : base_backend(cuda_stream_policy(stream)), state_(std::make_shared<detail::cuda_shared_state>(stream)) {}
+
+  cudaStream_t stream() const { return state_->stream; }
+
+  /// Waits until everything enqueued on the backend's stream has finished.
+  void synchronize() const {
+    detail::cuda_check(cudaStreamSynchronize(stream()), "rlhf::cuda_backend::synchronize", "cudaStreamSynchronize");
+  }
+
+  /// The backend's cuBLAS handle, bound to its stream (created on first use).
+  cublasHandle_t cublas() const {
+    std::call_once(state_->cublas_once, [s = state_.get()] {
+      detail::cublas_check(cublasCreate(&s->cublas), "rlhf::cuda_backend::cublas", "cublasCreate");
+      detail::cublas_check(cublasSetStream(s->cublas, s->stream), "rlhf::cuda_backend::cublas", "cublasSetStream");
+    });
+    return state_->cublas;
+  }
+
+  /// Row-major C = alpha op(A) op(B) + beta C. For float and double: cuBLAS, which is column-major, computes
+  /// the transpose C^T = op(B)^T op(A)^T, since a row-major matrix read as column-major is its transpose.
+  template <class T>
+  void gemm(transpose op_a, transpose op_b, std::type_identity_t<T> alpha,
+            std::type_identity_t<matrix_view<const T, cuda_space>> a,
+            std::type_identity_t<matrix_view<const T, cuda_space>> b, std::type_identity_t<T> beta,
+            matrix_view<T, cuda_space> c) const {
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+      detail::check_gemm_shapes<T>("rlhf::cuda_backend::gemm", op_a, op_b, {nullptr, a.rows, a.cols},
+                                   {nullptr, b.rows, b.cols}, {nullptr, c.rows, c.cols});
+      if (c.rows == 0 || c.cols == 0) return;
+      const std::size_t k = op_a == transpose::no ? a.cols : a.rows;
+      const auto op = [](transpose t) { return t == transpose::no ? CUBLAS_OP_N : CUBLAS_OP_T; };
+      const auto ld = [](std::size_t cols) { return static_cast<int>(cols == 0 ? 1 : cols); };
+      const int m_cm = static_cast<int>(c.cols), n_cm = static_cast<int>(c.rows), k_cm = static_cast<int>(k);
+      const T al = alpha, be = beta;
+      cublasStatus_t status;
+      if constexpr (std::is_same_v<T, float>) {
+        status = cublasSgemm(cublas(), op(op_b), op(op_a), m_cm, n_cm, k_cm, &al, b.data, ld(b.cols), a.data,
+                             ld(a.cols), &be, c.data, ld(c.cols));
+      } else {
+        status = cublasDgemm(cublas(), op(op_b), op(op_a), m_cm, n_cm, k_cm, &al, b.data, ld(b.cols), a.data,
+                             ld(a.cols), &be, c.data, ld(c.cols));
+      }
+      detail::cublas_check(status, "rlhf::cuda_backend::gemm", std::is_same_v<T, float> ? "cublasSgemm" : "cublasDgemm");
+    } else {
+      base_backend::gemm<T>(op_a, op_b, alpha, a, b, beta, c);
+    }
+  }
+
+ private:
+  std::shared_ptr<detail::cuda_shared_state> state_;
+};
+
+static_assert(complete_backend<cuda_backend>);
+
+/// The hand-written kernels (rlhf/backends/cuda/*.cuh) and what they share.
+namespace cuda_kernels {
+inline constexpr unsigned warp_size = 32;
+inline constexpr unsigned full_warp = 0xffffffffu;
+}  // namespace cuda_kernels
+
+}  // namespace backends
+
+using backends::cuda_backend;
+
+}  // namespace rlhf
+
+// The CUDA backend's hand-written kernels (argument-dependent lookup, see docs/backends.md).
+#include "rlhf/backends/cuda/gae.cuh"
+#include "rlhf/backends/cuda/ppo_clip_loss.cuh"
+#include "rlhf/backends/cuda/token_logprobs.cuh"

@@ -1,0 +1,118 @@
+/// @file gae.cuh
+/// @brief The CUDA backend's fused GAE kernel: advantages and returns in one read of rewards, values and
+/// mask and one write of each output.
+///
+/// Same contract as rlhf::gae (found by argument-dependent lookup as `rlhf_specialized_gae`; arguments
+/// already validated). One warp per row. The row is cut into tiles of 32 x `items` steps, taken from the
+/// row's end: lane l owns `items` consecutive steps of the tile (coalesced loads and stores), composes
+/// their step maps (`rlhf::detail::gae_step_map`, rlhf/backends/gae_step_map.hpp), the warp scans the
+/// lanes' maps from the right by shuffles (5 rounds), each lane applies the composite of the lanes after it
+/// to the state entering the tile from the later tile and walks its own steps backwards writing A_t and
+/// R_t = A_t + V_t, and lane 0's state (the state at the tile's first step) enters the next tile.
+///
+/// CPU reference: the Eigen kernel's sequential sweep (rlhf/backends/eigen/gae.hpp) and the generic
+/// rlhf::gae; tests/backends/gae_step_map_test.cpp replays this kernel's grouping (runs per lane, the warp
+/// scan, tiles from the end) on the host. Sums are in T, as in the other paths; the map form associates the
+/// TD error's terms differently (rounding-level differences only).
+#pragma once
+
+#include <cstddef>
+
+#include "rlhf/backends/cuda.cuh"
+#include "rlhf/backends/gae_step_map.hpp"
+#include "rlhf/backends/view.hpp"
+
+namespace rlhf::backends {
+
+namespace cuda_kernels {
+
+/// The warp's inclusive suffix composite: lane l ends with map(l) after map(l + 1) after ... after map(31).
+template <class T>
+__device__ inline rlhf::detail::gae_step_map<T> warp_suffix_compose(rlhf::detail::gae_step_map<T> m, unsigned lane) {
+  for (unsigned offset = 1; offset < warp_size; offset *= 2) {
+    rlhf::detail::gae_step_map<T> later;
+    later.p = __shfl_down_sync(full_warp, m.p, offset);
+    later.q = __shfl_down_sync(full_warp, m.q, offset);
+    later.s = __shfl_down_sync(full_warp, m.s, offset);
+    later.cv = __shfl_down_sync(full_warp, m.cv, offset);
+    later.ca = __shfl_down_sync(full_warp, m.ca, offset);
+    if (lane + offset < warp_size) m = m.after(later);
+  }
+  return m;
+}
+
+template <class T, unsigned Items, unsigned WarpsPerBlock>
+__global__ void __launch_bounds__(WarpsPerBlock * warp_size)
+    gae_rows(matrix_view<const T, cuda_space> rewards, matrix_view<const T, cuda_space> values,
+             matrix_view<const mask_type, cuda_space> mask, T gamma, T gamma_lambda, matrix_view<T, cuda_space> advantages,
+             matrix_view<T, cuda_space> returns) {
+  using map = rlhf::detail::gae_step_map<T>;
+  const unsigned lane = threadIdx.x % warp_size;
+  const std::size_t row = static_cast<std::size_t>(blockIdx.x) * WarpsPerBlock + threadIdx.x / warp_size;
+  if (row >= rewards.rows) return;  // the whole warp leaves together
+  const long long cols = static_cast<long long>(rewards.cols);
+  const std::size_t base = row * rewards.cols;
+  const bool want_returns = !returns.empty();
+  constexpr long long tile = static_cast<long long>(warp_size * Items);
+  T carry_v = T(0), carry_a = T(0);  // the state entering the current tile from the later one
+  for (long long tile_end = cols; tile_end > 0; tile_end -= tile) {
+    const long long first = tile_end - tile + static_cast<long long>(lane * Items);  // this lane's first step
+    T r[Items], v[Items];
+    bool valid[Items];
+#pragma unroll
+    for (unsigned k = 0; k < Items; ++k) {
+      const long long t = first + k;
+      valid[k] = false;
+      r[k] = T(0);
+      v[k] = T(0);
+      if (t >= 0 && mask.data[base + t] != 0) {  // masked steps' rewards and values are never read
+        valid[k] = true;
+        r[k] = rewards.data[base + t];
+        v[k] = values.data[base + t];
+      }
+    }
+    map run;  // this lane's steps, composed (the identity before the row's start)
+#pragma unroll
+    for (unsigned k = Items; k-- > 0;) run = map::step(r[k], v[k], valid[k], gamma, gamma_lambda).after(run);
+    const map inclusive = warp_suffix_compose(run, lane);
+    map exclusive;  // the lanes after this one
+    exclusive.p = __shfl_down_sync(full_warp, inclusive.p, 1);
+    exclusive.q = __shfl_down_sync(full_warp, inclusive.q, 1);
+    exclusive.s = __shfl_down_sync(full_warp, inclusive.s, 1);
+    exclusive.cv = __shfl_down_sync(full_warp, inclusive.cv, 1);
+    exclusive.ca = __shfl_down_sync(full_warp, inclusive.ca, 1);
+    if (lane + 1 == warp_size) exclusive = map{};
+    T sv = carry_v, sa = carry_a;
+    exclusive.apply(sv, sa);
+#pragma unroll
+    for (unsigned k = Items; k-- > 0;) {
+      const long long t = first + k;
+      if (t < 0) continue;
+      map::step(r[k], v[k], valid[k], gamma, gamma_lambda).apply(sv, sa);
+      advantages.data[base + t] = valid[k] ? sa : T(0);
+      if (want_returns) returns.data[base + t] = valid[k] ? sa + v[k] : T(0);
+    }
+    // Lane 0's inclusive composite is the whole tile's: the state at the tile's first step.
+    T tv = carry_v, ta = carry_a;
+    inclusive.apply(tv, ta);
+    carry_v = __shfl_sync(full_warp, tv, 0);
+    carry_a = __shfl_sync(full_warp, ta, 0);
+  }
+}
+
+}  // namespace cuda_kernels
+
+/// rlhf::gae on the CUDA backend: one warp per row, 8 rows per block (see the file comment).
+template <class T>
+void rlhf_specialized_gae(const cuda_backend& b, matrix_view<const T, cuda_space> rewards,
+                          matrix_view<const T, cuda_space> values, matrix_view<const mask_type, cuda_space> mask,
+                          T gamma, T lambda, matrix_view<T, cuda_space> advantages, matrix_view<T, cuda_space> returns) {
+  constexpr unsigned items = 4, warps = 8;
+  if (rewards.rows * rewards.cols == 0) return;
+  const auto blocks = static_cast<unsigned>((rewards.rows + warps - 1) / warps);
+  cuda_kernels::gae_rows<T, items, warps><<<blocks, warps * cuda_kernels::warp_size, 0, b.stream()>>>(
+      rewards, values, mask, gamma, gamma * lambda, advantages, returns);
+  detail::cuda_check(cudaGetLastError(), "rlhf::gae (CUDA kernel)", "gae_rows<<<>>>");
+}
+
+}  // namespace rlhf::backends
