@@ -300,3 +300,91 @@ TEST_CASE("eigen ranking_loss kernel: hand-computed K = 3 and identical bits on 
   CHECK(one.second == two.second);
 }
 #endif
+
+#if RLHF_TEST_HAS_EIGEN
+// ---------------------------------------------------------------------------------------------------
+// The KL-penalized rewards kernel (backends/eigen/kl_penalized_rewards.hpp) and the masked-moments kernel
+// (backends/eigen/whitening.hpp) against the generic path: every placement, NaN at masked positions, empty
+// rows, clipped and penalized scores; identical bits on 1 and 2 threads.
+#include "rlhf/advantages/kl_penalized_rewards.hpp"
+#include "rlhf/ops/whitening.hpp"
+
+TEMPLATE_TEST_CASE("eigen kl_penalized_rewards kernel matches the generic path", "[backends][eigen][rewards]", float,
+                   double) {
+  using T = TestType;
+  auto g = rng(31);
+  for (auto [rows, cols] : {std::pair<std::size_t, std::size_t>{1, 1}, {7, 13}, {64, 512}, {3, 1000}}) {
+    auto kl = normal<T>(g, rows * cols, 0.0, 0.5);
+    auto mask = mask_from_lengths(random_lengths(g, rows, cols, 0), cols);  // some rows empty
+    const auto holes = random_mask(g, rows * cols, 0.8);
+    for (std::size_t i = 0; i < kl.size(); ++i) {
+      mask[i] = static_cast<mask_type>(mask[i] & holes[i]);
+      if (!mask[i]) kl[i] = std::numeric_limits<T>::quiet_NaN();
+    }
+    const auto scores = normal<T>(g, rows, 0.0, 3.0);
+    auto eos = random_mask(g, rows, 0.7);
+    for (int placement = 0; placement < 3; ++placement) {
+      kl_penalized_rewards_options o;
+      o.beta = 0.05;
+      o.score_clip = 2.0;
+      o.missing_eos_penalty = 0.5;
+      o.placement = static_cast<score_placement>(placement);
+      const auto run = [&](const auto& b) {
+        auto bk = to_backend(b, kl, rows, cols);
+        auto bs = to_backend(b, scores);
+        auto bm = to_backend(b, mask, rows, cols);
+        auto be = to_backend(b, eos);
+        auto out = allocate<T>(b, rows, cols);
+        const auto st = kl_penalized_rewards<std::decay_t<decltype(b)>, T>(b, bk.view(), bs.view().flat(), bm.view(),
+                                                                          be.view().flat(), out.view(), o);
+        return std::pair{st, to_host(b, out.view())};
+      };
+      const auto [fast, fast_r] = run(eigen_backend(1));
+      const auto [two, two_r] = run(eigen_backend(2));
+      const auto [gen, gen_r] = run(generic_only<eigen_backend>{});
+      INFO("rows " << rows << " cols " << cols << " placement " << placement);
+      CHECK_THAT(fast_r, close_to<T>(gen_r));
+      CHECK(fast_r == two_r);
+      CHECK(fast.valid_tokens == gen.valid_tokens);
+      CHECK(fast.scored_rows == gen.scored_rows);
+      CHECK(fast.mean_kl == Approx(gen.mean_kl).epsilon(1e-12).margin(1e-15));
+      CHECK(fast.mean_kl_sum == Approx(gen.mean_kl_sum).epsilon(1e-12).margin(1e-15));
+      CHECK(fast.mean_score == Approx(gen.mean_score).epsilon(1e-12).margin(1e-15));
+      CHECK(fast.mean_kl == two.mean_kl);
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("eigen masked-moments kernel matches the generic path", "[backends][eigen][whitening]", float, double) {
+  using T = TestType;
+  auto g = rng(32);
+  for (auto [rows, cols] : {std::pair<std::size_t, std::size_t>{1, 1}, {5, 17}, {64, 512}, {3, 5000}}) {
+    auto x = normal<T>(g, rows * cols, 1000.0, 2.0);  // a large mean: the corrected two-pass keeps m2 exact
+    const auto mask = random_mask(g, rows * cols, 0.7);
+    for (std::size_t i = 0; i < x.size(); ++i)
+      if (!mask[i]) x[i] = std::numeric_limits<T>::quiet_NaN();
+    const auto run = [&](const auto& b) {
+      auto bx = to_backend(b, x, rows, cols);
+      auto bm = to_backend(b, mask, rows, cols);
+      auto out = allocate<T>(b, rows, cols);
+      const masked_moments m = whiten(b, bx.view(), bm.view(), out.view());
+      return std::pair{m, to_host(b, out.view())};
+    };
+    const auto [fast, fast_w] = run(eigen_backend(1));
+    const auto [two, two_w] = run(eigen_backend(2));
+    const auto [gen, gen_w] = run(generic_only<eigen_backend>{});
+    INFO("rows " << rows << " cols " << cols);
+    CHECK(fast.count == gen.count);
+    CHECK(fast.mean == Approx(gen.mean).epsilon(1e-13));
+    CHECK(fast.m2 == Approx(gen.m2).epsilon(1e-9).margin(1e-12));
+    CHECK((fast.count == two.count && fast.mean == two.mean && fast.m2 == two.m2));
+    CHECK_THAT(fast_w, close_to<T>(gen_w, std::is_same_v<T, float> ? 1e-5 : 1e-9, 1e-6));
+  }
+  // Nothing valid: the empty moments.
+  const eigen_backend b;
+  auto x = allocate_filled<T>(b, 2, 3, T(1));
+  auto m = allocate_filled<mask_type>(b, 2, 3, mask_type(0));
+  const masked_moments e = compute_masked_moments(b, x.view(), m.view());
+  CHECK((e.count == 0 && e.mean == 0 && e.m2 == 0));
+}
+#endif

@@ -203,27 +203,37 @@ kl_penalized_rewards_stats kl_penalized_rewards_impl(const B& b, backend_matrix<
   kl_penalized_rewards_stats stats;
   if (rows == 0) return stats;
 
-  // Last valid column per row (reduce_rows with the column index), -1 for rows without valid tokens.
-  auto last_buf = allocate<std::int64_t>(b, rows);
-  const auto last = last_buf.view().flat();
-  b.reduce_rows(last, std::int64_t(-1), rewards_max_index_op{}, rewards_valid_column{}, mask);
-
   auto shaped_buf = allocate<T>(b, rows);
   const auto shaped = shaped_buf.view().flat();
   b.for_each_index(rows, rewards_shape_score<T, S>{has_eos, static_cast<T>(options.score_clip),
                                            static_cast<T>(options.missing_eos_penalty), scores, shaped});
 
-  b.for_each_index(rewards.size(), rewards_assemble<T, S>{kl, mask, as_const(shaped), as_const(last), rewards,
-                                                          static_cast<T>(options.beta), options.placement});
-
-  // Statistics, in double.
-  auto row_kl_buf = allocate<double>(b, rows);
-  const auto row_kl = row_kl_buf.view().flat();
-  b.reduce_rows(row_kl, 0.0, rewards_plus{}, rewards_masked_as_double<T>{}, kl, mask);
-  const double kl_total = b.transform_reduce(0.0, rewards_plus{}, rewards_double_of{}, as_const(row_kl));
-  stats.valid_tokens = b.transform_reduce(std::size_t(0), add_sizes{}, rewards_mask_count{}, mask.flat());
-  const rewards_scored_sum sc = b.transform_reduce(rewards_scored_sum{}, rewards_scored_sum_op{}, rewards_scored_term<T>{}, as_const(shaped),
-                                           as_const(last));
+  double kl_total = 0;
+  rewards_scored_sum sc;
+  if constexpr (requires(double& d, std::size_t& n) {
+                  rlhf_specialized_kl_penalized_rewards(b, kl, mask, as_const(shaped), rewards, static_cast<T>(options.beta),
+                                                        static_cast<int>(options.placement), d, n, d, n);
+                }) {
+    // One pass per row on the backend (rewards, placement and the KL statistics).
+    rlhf_specialized_kl_penalized_rewards(b, kl, mask, as_const(shaped), rewards, static_cast<T>(options.beta),
+                                          static_cast<int>(options.placement), kl_total, stats.valid_tokens, sc.sum,
+                                          sc.count);
+  } else {
+    // Last valid column per row (reduce_rows with the column index), -1 for rows without valid tokens.
+    auto last_buf = allocate<std::int64_t>(b, rows);
+    const auto last = last_buf.view().flat();
+    b.reduce_rows(last, std::int64_t(-1), rewards_max_index_op{}, rewards_valid_column{}, mask);
+    b.for_each_index(rewards.size(), rewards_assemble<T, S>{kl, mask, as_const(shaped), as_const(last), rewards,
+                                                            static_cast<T>(options.beta), options.placement});
+    // Statistics, in double.
+    auto row_kl_buf = allocate<double>(b, rows);
+    const auto row_kl = row_kl_buf.view().flat();
+    b.reduce_rows(row_kl, 0.0, rewards_plus{}, rewards_masked_as_double<T>{}, kl, mask);
+    kl_total = b.transform_reduce(0.0, rewards_plus{}, rewards_double_of{}, as_const(row_kl));
+    stats.valid_tokens = b.transform_reduce(std::size_t(0), add_sizes{}, rewards_mask_count{}, mask.flat());
+    sc = b.transform_reduce(rewards_scored_sum{}, rewards_scored_sum_op{}, rewards_scored_term<T>{}, as_const(shaped),
+                            as_const(last));
+  }
   const double raw = b.transform_reduce(0.0, rewards_plus{}, rewards_double_of{}, scores);
   stats.scored_rows = sc.count;
   stats.mean_score = sc.count ? sc.sum / static_cast<double>(sc.count) : 0.0;

@@ -108,17 +108,22 @@ struct eigen_backend {
     detail::check_same_sizes("rlhf::eigen_backend::transform", out.size, in.size...);
     parallel_ranges(out.size, out.size, [&](std::size_t b, std::size_t e) {
       Out* __restrict o = out.data;
+      // A local copy of the functor: read through the closure's reference, its scalar members (a clamp, a
+      // coefficient) could alias the stores to `o` as far as the compiler knows, which kept it from hoisting
+      // them and from vectorizing the loop.
+      const F fn = f;
 #if defined(_OPENMP)
 #pragma omp simd
 #endif
-      for (std::size_t i = b; i < e; ++i) o[i] = f(in.data[i]...);
+      for (std::size_t i = b; i < e; ++i) o[i] = fn(in.data[i]...);
     });
   }
 
   template <class F>
   void for_each_index(std::size_t n, F f) const {
     parallel_ranges(n, n, [&](std::size_t b, std::size_t e) {
-      for (std::size_t i = b; i < e; ++i) f(i);
+      const F fn = f;  // local copy: see transform
+      for (std::size_t i = b; i < e; ++i) fn(i);
     });
   }
 
@@ -229,6 +234,8 @@ using backends::eigen_backend;
 // The Eigen backend's specialized kernels (found by argument-dependent lookup, see docs/backends.md).
 // Included after eigen_backend is complete; each of them includes this header for its own use.
 #include "rlhf/backends/eigen/gae.hpp"
+#include "rlhf/backends/eigen/kl_penalized_rewards.hpp"
 #include "rlhf/backends/eigen/token_logprobs.hpp"
+#include "rlhf/backends/eigen/whitening.hpp"
 #include "rlhf/backends/eigen/ppo_clip_loss.hpp"
 #include "rlhf/backends/eigen/ranking_loss.hpp"
