@@ -1,5 +1,6 @@
 /// @file whitening.hpp
-/// @brief The Eigen backend's kernel for the masked moments of rlhf::whiten and rlhf::compute_masked_moments.
+/// @brief The Eigen backend's kernels for rlhf::whiten: the masked moments (also rlhf::compute_masked_moments)
+/// and the normalize pass.
 ///
 /// The same corrected two-pass algorithm as the generic path (Chan, Golub, LeVeque 1983: the masked mean,
 /// then the deviations d from it, m2 = sum d^2 - (sum d)^2 / n), with each pass over fixed blocks of
@@ -8,6 +9,8 @@
 /// in block order: the result does not depend on the thread count. Masked positions are selected out, so NaN
 /// there never enters the sums.
 #pragma once
+
+#include <Eigen/Core>
 
 #include <algorithm>
 #include <cstddef>
@@ -85,6 +88,35 @@ void rlhf_specialized_masked_moments(const eigen_backend& b, matrix_view<const T
   count = cnt;
   mean = mu + correction;
   m2 = ss > 0 ? ss : 0.0;
+}
+
+/// rlhf::whiten's normalize pass for rlhf::eigen_backend: out = valid ? (x - mean) scale + add_back : 0, in T
+/// with the mean split into T(mean) and a correction (the generic path rounds a double result to T: the two
+/// differ by a few ulps of the result), as Eigen's
+/// vectorized select over chunks whose mask was converted to T; chunks in parallel. `out` may be `x`.
+template <class T>
+void rlhf_specialized_whiten(const eigen_backend& b, matrix_view<const T, host_space> x,
+                             matrix_view<const mask_type, host_space> mask, matrix_view<T, host_space> out, double mean,
+                             double scale, double add_back) {
+  using array_t = Eigen::Array<T, Eigen::Dynamic, 1>;
+  constexpr std::size_t chunk = 1024;
+  const std::size_t n = x.rows * x.cols;
+  // mean = mu + corr with mu = T(mean): x - mu is exact in T when x is within a factor of 2 of mu (Sterbenz),
+  // so (x - mu) - corr keeps the precision of the double path even for data like 1000 + N(0, 1) in float.
+  const T mu = static_cast<T>(mean), corr = static_cast<T>(mean - static_cast<double>(mu));
+  const T sc = static_cast<T>(scale), add = static_cast<T>(add_back);
+  const std::size_t chunks = (n + chunk - 1) / chunk;
+  b.parallel_ranges(chunks, n, [&](std::size_t cb, std::size_t ce) {
+    alignas(64) T valid[chunk];
+    for (std::size_t c = cb; c < ce; ++c) {
+      const std::size_t begin = c * chunk, len = std::min(chunk, n - begin);
+      const mask_type* __restrict m = mask.data + begin;
+      for (std::size_t i = 0; i < len; ++i) valid[i] = m[i] != 0 ? T(1) : T(0);
+      const auto k = static_cast<Eigen::Index>(len);
+      const Eigen::Map<const array_t> xv(x.data + begin, k), vv(valid, k);
+      Eigen::Map<array_t>(out.data + begin, k) = (vv != T(0)).select(((xv - mu) - corr) * sc + add, T(0));
+    }
+  });
 }
 
 }  // namespace rlhf::backends
