@@ -235,7 +235,9 @@ using backends::eigen_backend;
 // Included after eigen_backend is complete; each of them includes this header for its own use.
 #include "rlhf/backends/eigen/gae.hpp"
 #include "rlhf/backends/eigen/kl_penalized_rewards.hpp"
+#include "rlhf/backends/eigen/loss_aggregation.hpp"
 #include "rlhf/backends/eigen/token_logprobs.hpp"
+#include "rlhf/backends/eigen/value_loss.hpp"
 #include "rlhf/backends/eigen/whitening.hpp"
 #include "rlhf/backends/eigen/ppo_clip_loss.hpp"
 #include "rlhf/backends/eigen/ranking_loss.hpp"

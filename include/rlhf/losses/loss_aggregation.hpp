@@ -122,7 +122,12 @@ void agg_check_optional_output(std::string_view fn, std::string_view arg, matrix
 template <class B>
 aggregation_counts row_weights_unchecked(const B& b, backend_matrix<B, const mask_type> mask,
                                          const loss_aggregation& agg, backend_vector<B, double> weights) {
-  b.reduce_rows(weights, 0.0, agg_plus{}, agg_count_valid{}, mask);
+  // Valid tokens per row; a backend may count them itself (the Eigen backend: integer sums).
+  if constexpr (requires { rlhf_specialized_valid_counts(b, mask, weights); }) {
+    rlhf_specialized_valid_counts(b, mask, weights);
+  } else {
+    b.reduce_rows(weights, 0.0, agg_plus{}, agg_count_valid{}, mask);
+  }
   const backend_vector<B, const double> cw = weights;
   const aggregation_counts local = b.transform_reduce(aggregation_counts{}, agg_add_counts{}, agg_counts_of_row{}, cw);
   const double tokens = agg.global_token_count > 0 ? agg.global_token_count : local.tokens;

@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "rlhf/backends/eigen.hpp"
+#include "rlhf/backends/eigen/loss_aggregation.hpp"
 #include "rlhf/backends/view.hpp"
 
 namespace rlhf::backends {
@@ -278,15 +279,7 @@ void rlhf_specialized_ppo_clip_loss_aggregated(
     double& approx_kl, double& policy_kl, double& ratio, double& dual) {
   const std::size_t rows = mask.rows, cols = mask.cols;
   std::vector<double> w(rows);
-  // Valid tokens per row (integer sums: exact and vectorized).
-  b.parallel_ranges(rows, rows * cols, [&](std::size_t rb, std::size_t re) {
-    for (std::size_t r = rb; r < re; ++r) {
-      const mask_type* m = mask.data + r * cols;
-      std::uint32_t n = 0;
-      for (std::size_t c = 0; c < cols; ++c) n += m[c] != 0 ? 1u : 0u;
-      w[r] = static_cast<double>(n);
-    }
-  });
+  detail::eigen_valid_counts(b, mask, w.data());  // valid tokens per row (integer sums: exact and vectorized)
   double local_tokens = 0, local_sequences = 0;
   for (std::size_t r = 0; r < rows; ++r) local_tokens += w[r], local_sequences += w[r] > 0 ? 1.0 : 0.0;
   const double n_tok = global_tokens > 0 ? global_tokens : local_tokens;
