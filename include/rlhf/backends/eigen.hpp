@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -224,6 +225,22 @@ struct eigen_backend {
 };
 
 static_assert(complete_backend<eigen_backend>);
+
+namespace detail {
+/// counts[r] = number of non-zero mask entries of row r: integer sums (exact and vectorized), rows in parallel.
+/// Used by the kernels' row weights (eigen/loss_aggregation.hpp, eigen/ppo_clip_loss.hpp).
+inline void eigen_valid_counts(const eigen_backend& b, matrix_view<const mask_type, host_space> mask, double* counts) {
+  const std::size_t rows = mask.rows, cols = mask.cols;
+  b.parallel_ranges(rows, rows * cols, [&](std::size_t rb, std::size_t re) {
+    for (std::size_t r = rb; r < re; ++r) {
+      const mask_type* __restrict m = mask.data + r * cols;
+      std::uint32_t n = 0;
+      for (std::size_t c = 0; c < cols; ++c) n += m[c] != 0 ? 1u : 0u;
+      counts[r] = static_cast<double>(n);
+    }
+  });
+}
+}  // namespace detail
 
 }  // namespace rlhf::backends
 

@@ -4,31 +4,14 @@
 ///
 /// The generic path folds the mask into a double per row with reduce_rows: a dependent chain of double adds,
 /// about 3 cycles per element, which made the row weights cost as much as a whole fused loss. Here each row
-/// is an integer sum of `m != 0` (exact and vectorized), rows in parallel.
+/// is an integer sum of `m != 0` (exact and vectorized), rows in parallel (`detail::eigen_valid_counts`,
+/// defined in rlhf/backends/eigen.hpp because the PPO kernel uses it too).
 #pragma once
-
-#include <cstddef>
-#include <cstdint>
 
 #include "rlhf/backends/eigen.hpp"
 #include "rlhf/backends/view.hpp"
 
 namespace rlhf::backends {
-
-namespace detail {
-/// counts[r] = number of non-zero mask entries of row r.
-inline void eigen_valid_counts(const eigen_backend& b, matrix_view<const mask_type, host_space> mask, double* counts) {
-  const std::size_t rows = mask.rows, cols = mask.cols;
-  b.parallel_ranges(rows, rows * cols, [&](std::size_t rb, std::size_t re) {
-    for (std::size_t r = rb; r < re; ++r) {
-      const mask_type* __restrict m = mask.data + r * cols;
-      std::uint32_t n = 0;
-      for (std::size_t c = 0; c < cols; ++c) n += m[c] != 0 ? 1u : 0u;
-      counts[r] = static_cast<double>(n);
-    }
-  });
-}
-}  // namespace detail
 
 /// The valid-token count per row for rlhf::eigen_backend (found by argument-dependent lookup from the loss
 /// aggregation; `counts` has one element per row of `mask`).
