@@ -12,6 +12,7 @@
 #include <sstream>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "rlhf/backends/generic_only.hpp"
@@ -105,6 +106,32 @@ using double_configs = std::tuple<config<rlhf::reference_backend, double>
                                   config<rlhf::thrust_cpp_backend, double>
 #endif
                                   >;
+
+/// Every backend once, float and double both represented: the trainer tests (tests/train/), whose bodies
+/// compile the whole model and trainer per configuration, run over these rather than all_configs. Their
+/// arithmetic is the layers below, which run every configuration; here the trainers' own logic meets
+/// every backend. Float goes to the backends with their own float kernels (Eigen) or containers (Thrust).
+using backend_configs = std::tuple<config<rlhf::reference_backend, double>
+#if RLHF_TEST_HAS_EIGEN
+                                   ,
+                                   config<rlhf::eigen_backend, std::conditional_t<RLHF_TEST_FLOAT != 0, float, double>>
+#endif
+#if RLHF_TEST_HAS_EIGEN && RLHF_TEST_GENERIC_ONLY
+                                   ,
+                                   config<rlhf::generic_only<rlhf::eigen_backend>, double>
+#endif
+#if RLHF_TEST_XTENSOR_EVERYWHERE
+                                   ,
+                                   config<rlhf::xtensor_backend, double>
+#endif
+#if RLHF_TEST_HAS_THRUST && RLHF_TEST_HAS_THRUST_OMP
+                                   ,
+                                   config<rlhf::thrust_omp_backend, float>
+#elif RLHF_TEST_HAS_THRUST
+                                   ,
+                                   config<rlhf::thrust_cpp_backend, float>
+#endif
+                                   >;
 
 /// Comparison tolerance per element type: |got - want| <= atol + rtol * |want|.
 template <class T>

@@ -14,31 +14,12 @@
 #include "rlhf/optim/adamw.hpp"
 #include "temp_files.hpp"
 #include "test_support.hpp"
+#include "train/train_test_support.hpp"
 
 using namespace rlhf;
 using namespace rlhf::test;
 
 namespace {
-
-// A user-written reward model (no parameters): the number of `target` tokens in each row's real tokens.
-template <class B, class T>
-struct count_reward {
-  using backend_type = B;
-  using value_type = T;
-  token_type target = 7;
-  parameter_list<T, typename B::memory_space> parameters() { return {}; }
-  void zero_grad(const B&) {}
-  void scores(const B& b, backend_matrix<B, const token_type> tokens, backend_vector<B, const std::int32_t> lengths,
-              backend_vector<B, T> out, forward_mode) {
-    const auto t = to_host(b, tokens.flat());
-    const auto l = to_host(b, lengths);
-    std::vector<T> s(tokens.rows, T(0));
-    for (std::size_t r = 0; r < tokens.rows; ++r)
-      for (std::size_t c = 0; c < static_cast<std::size_t>(l[r]); ++c) s[r] += t[r * tokens.cols + c] == target ? T(1) : T(0);
-    b.copy(vector_view<const T, host_space>{s.data(), s.size()}, out);
-  }
-  void scores_backward(const B&, backend_vector<B, const T>) {}
-};
 
 template <class B, class T>
 struct fixture {
@@ -75,7 +56,7 @@ double sum_after(const std::vector<T>& v, std::size_t from) {
 static_assert(reward_model<count_reward<reference_backend, float>>, "a user-written reward model qualifies");
 
 TEMPLATE_LIST_TEST_CASE("ppo_trainer::learn: a step on a fixed rollout favours the higher-reward response",
-                        "[train][ppo]", all_configs) {
+                        "[train][ppo]", backend_configs) {
   using B = typename TestType::backend;
   using T = typename TestType::value;
   fixture<B, T> f;
@@ -106,7 +87,7 @@ TEMPLATE_LIST_TEST_CASE("ppo_trainer::learn: a step on a fixed rollout favours t
 }
 
 TEMPLATE_LIST_TEST_CASE("ppo_trainer::step: iterations raise a planted reward; the KL to the reference grows",
-                        "[train][ppo]", all_configs) {
+                        "[train][ppo]", backend_configs) {
   using B = typename TestType::backend;
   using T = typename TestType::value;
   fixture<B, T> f;
@@ -132,7 +113,7 @@ TEMPLATE_LIST_TEST_CASE("ppo_trainer::step: iterations raise a planted reward; t
 }
 
 TEMPLATE_LIST_TEST_CASE("ppo_trainer: ptx, entropy bonus, adaptive beta, early stop and EMA take effect",
-                        "[train][ppo]", all_configs) {
+                        "[train][ppo]", backend_configs) {
   using B = typename TestType::backend;
   using T = typename TestType::value;
   fixture<B, T> f;
@@ -172,7 +153,7 @@ TEMPLATE_LIST_TEST_CASE("ppo_trainer: ptx, entropy bonus, adaptive beta, early s
   CHECK(e.updates <= 3);
 }
 
-TEMPLATE_LIST_TEST_CASE("ppo_trainer: errors name the function and the argument", "[train][ppo][errors]", all_configs) {
+TEMPLATE_LIST_TEST_CASE("ppo_trainer: errors name the function and the argument", "[train][ppo][errors]", backend_configs) {
   using B = typename TestType::backend;
   using T = typename TestType::value;
   fixture<B, T> f;
@@ -189,7 +170,7 @@ TEMPLATE_LIST_TEST_CASE("ppo_trainer: errors name the function and the argument"
 }
 
 TEMPLATE_LIST_TEST_CASE("ppo_trainer: save_state + load_state resume a run with results identical to an uninterrupted one",
-                        "[train][ppo][checkpoint]", all_configs) {
+                        "[train][ppo][checkpoint]", backend_configs) {
   using B = typename TestType::backend;
   using T = typename TestType::value;
   temp_dir dir;
@@ -230,7 +211,7 @@ TEMPLATE_LIST_TEST_CASE("ppo_trainer: save_state + load_state resume a run with 
 
 TEMPLATE_LIST_TEST_CASE("ppo_trainer::fit: prompt batches from the seeded order, metrics, and a resumed run equal to the "
                         "uninterrupted one",
-                        "[train][ppo][checkpoint]", all_configs) {
+                        "[train][ppo][checkpoint]", backend_configs) {
   using B = typename TestType::backend;
   using T = typename TestType::value;
   temp_dir dir;
@@ -287,7 +268,7 @@ TEMPLATE_LIST_TEST_CASE("ppo_trainer::fit: prompt batches from the seeded order,
 // TRL #925 / #1857: generation settings that sample from anything but the policy itself (top-k, top-p,
 // a temperature) made the KL estimate negative and the policy collapse. The trainer refuses them.
 TEMPLATE_LIST_TEST_CASE("ppo_trainer: rollouts must sample the policy's own distribution (regression: TRL #925)",
-                        "[train][ppo][errors][peer-bug]", all_configs) {
+                        "[train][ppo][errors][peer-bug]", backend_configs) {
   using B = typename TestType::backend;
   using T = typename TestType::value;
   fixture<B, T> f;

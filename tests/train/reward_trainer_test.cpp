@@ -13,45 +13,19 @@
 #include "rlhf/optim/adamw.hpp"
 #include "temp_files.hpp"
 #include "test_support.hpp"
+#include "train/train_test_support.hpp"
 
 using namespace rlhf;
 using namespace rlhf::test;
 
 namespace {
-
-// Prompts {1, x}; K responses of 4 random tokens; the labeler prefers more occurrences of token 7
-// (equal counts tie).
 std::vector<ranked_responses> planted(std::mt19937_64& g, std::size_t prompts, std::size_t k) {
-  std::uniform_int_distribution<int> tok(2, 10);
-  std::vector<ranked_responses> out;
-  for (std::size_t p = 0; p < prompts; ++p) {
-    ranked_responses e;
-    e.prompt = {1, tok(g)};
-    std::vector<int> sevens;
-    for (std::size_t i = 0; i < k; ++i) {
-      std::vector<token_type> r(4);
-      int n = 0;
-      for (auto& t : r) {
-        t = tok(g) <= 4 ? 7 : tok(g);
-        n += t == 7;
-      }
-      e.responses.push_back(r);
-      sevens.push_back(n);
-    }
-    for (std::size_t i = 0; i < k; ++i) {
-      std::int32_t rank = 0;  // number of responses with strictly more sevens
-      for (std::size_t j = 0; j < k; ++j) rank += sevens[j] > sevens[i];
-      e.ranks.push_back(rank);
-    }
-    out.push_back(e);
-  }
-  return out;
+  return planted_rankings(g, prompts, k, k);
 }
-
 }  // namespace
 
 TEMPLATE_LIST_TEST_CASE("reward_trainer: learns a planted preference from K = 4 rankings (held-out accuracy)",
-                        "[train][reward]", all_configs) {
+                        "[train][reward]", backend_configs) {
   using B = typename TestType::backend;
   using T = typename TestType::value;
   const B b = TestType::make();
@@ -86,7 +60,7 @@ TEMPLATE_LIST_TEST_CASE("reward_trainer: learns a planted preference from K = 4 
 }
 
 TEMPLATE_LIST_TEST_CASE("reward_trainer: malformed rankings are rejected, naming the prompt", "[train][reward][errors]",
-                        all_configs) {
+                        backend_configs) {
   using B = typename TestType::backend;
   using T = typename TestType::value;
   const B b = TestType::make();
@@ -104,7 +78,7 @@ TEMPLATE_LIST_TEST_CASE("reward_trainer: malformed rankings are rejected, naming
 
 TEMPLATE_LIST_TEST_CASE("reward_trainer::fit: validation accuracy in the metrics; an interrupted run resumes to the "
                         "same weights and metrics file",
-                        "[train][reward][checkpoint]", all_configs) {
+                        "[train][reward][checkpoint]", backend_configs) {
   using B = typename TestType::backend;
   using T = typename TestType::value;
   const B b = TestType::make();

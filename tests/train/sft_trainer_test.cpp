@@ -35,7 +35,7 @@ TEST_CASE("make_token_batch: prompt + response rows, response mask, truncation",
 }
 
 TEMPLATE_LIST_TEST_CASE("sft_trainer: training on demonstrations lowers their loss; prompts get no gradient",
-                        "[train][sft]", all_configs) {
+                        "[train][sft]", backend_configs) {
   using B = typename TestType::backend;
   using T = typename TestType::value;
   const B b = TestType::make();
@@ -64,7 +64,7 @@ TEMPLATE_LIST_TEST_CASE("sft_trainer: training on demonstrations lowers their lo
 }
 
 TEMPLATE_LIST_TEST_CASE("sft_trainer: the loss ignores prompt tokens (changing them alone leaves the gradient at zero)",
-                        "[train][sft]", all_configs) {
+                        "[train][sft]", backend_configs) {
   using B = typename TestType::backend;
   using T = typename TestType::value;
   const B b = TestType::make();
@@ -83,7 +83,7 @@ TEMPLATE_LIST_TEST_CASE("sft_trainer: the loss ignores prompt tokens (changing t
 
 TEMPLATE_LIST_TEST_CASE("sft_trainer::fit: epochs with validation and metrics; an interrupted run resumes to the same "
                         "weights and metrics file",
-                        "[train][sft][checkpoint]", all_configs) {
+                        "[train][sft][checkpoint]", backend_configs) {
   using B = typename TestType::backend;
   using T = typename TestType::value;
   const B b = TestType::make();

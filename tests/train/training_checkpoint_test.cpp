@@ -17,7 +17,7 @@ using namespace rlhf;
 using namespace rlhf::test;
 
 TEMPLATE_LIST_TEST_CASE("training checkpoint: an interrupted SFT run resumes to the uninterrupted result",
-                        "[train][checkpoint]", all_configs) {
+                        "[train][checkpoint]", backend_configs) {
   using B = typename TestType::backend;
   using T = typename TestType::value;
   const B b = TestType::make();
