@@ -112,6 +112,38 @@ TEMPLATE_LIST_TEST_CASE("normalization_to + apply_reward_normalization hit the t
   }
 }
 
+TEMPLATE_LIST_TEST_CASE("reward_moments_of + normalization_from: moments of parts merged (as ranks do) give the "
+                        "whole set's gain and bias",
+                        "[advantages][reward_normalization][property]", all_configs) {
+  using T = typename TestType::value;
+  const auto b = TestType::make();
+  auto g = rng(23);
+  for (std::size_t n : {4u, 7u, 300u}) {
+    const auto x = cast<double>(cast<T>(normal<double>(g, n, 50.0, 2.0)));
+    auto whole = to_backend(b, cast<T>(x));
+    const reward_gain_bias want = normalization_to(b, as_const(whole.view().flat()), 0.5, 2.0);
+    // Three parts, merged in order with Chan's formula (as rlhf::global_masked_moments merges ranks').
+    masked_moments merged{};
+    const std::size_t cut1 = 1, cut2 = 1 + (n - 1) / 2;  // a part of one reward has no spread of its own
+    for (const auto& [first, last] : {std::pair<std::size_t, std::size_t>{0, cut1}, {cut1, cut2}, {cut2, n}}) {
+      const std::vector<double> part(x.begin() + static_cast<std::ptrdiff_t>(first), x.begin() + static_cast<std::ptrdiff_t>(last));
+      auto bp = to_backend(b, cast<T>(part));
+      merged = combine(merged, reward_moments_of(b, as_const(bp.view().flat())));
+    }
+    const reward_gain_bias got = normalization_from(merged, 0.5, 2.0);
+    INFO("n " << n);
+    CHECK(got.gain == Approx(want.gain).epsilon(1e-10));
+    CHECK(got.bias == Approx(want.bias).epsilon(1e-10));
+  }
+  CHECK(reward_moments_of(b, as_const(allocate<T>(b, 0).view().flat())).count == 0);  // a rank without rewards
+  auto same = to_backend(b, std::vector<T>{T(0.1), T(0.1), T(0.1)});
+  CHECK(reward_moments_of(b, as_const(same.view().flat())).m2 == 0);  // exactly: no spread
+  CHECK_THROWS_WITH(normalization_from(masked_moments{1, 2.0, 0.0}),
+                    Catch::Contains("rlhf::normalization_from") && Catch::Contains("'rewards'"));
+  CHECK_THROWS_WITH(normalization_from(masked_moments{3, 2.0, 0.0}), Catch::Contains("non-zero std"));
+  CHECK_THROWS_WITH(normalization_from(masked_moments{3, 2.0, 1.0}, 0.0, -1.0), Catch::Contains("'target_std'"));
+}
+
 TEMPLATE_LIST_TEST_CASE("regression: NeMo-RL #4158: one-pass E[r^2] - E[r]^2 std cancels at a large offset",
                         "[advantages][reward_normalization][regression]", all_configs) {
   // https://github.com/NVIDIA-NeMo/RL/pull/4158 : E[x^2] - E[x]^2 loses every digit when |mean| >> std (ZGL's

@@ -12,12 +12,14 @@
 #include <cstddef>
 #include <type_traits>
 #include <limits>
+#include <string_view>
 
 #include "rlhf/backends/checks.hpp"
 #include "rlhf/backends/concepts.hpp"
 #include "rlhf/backends/view.hpp"
 #include "rlhf/config.hpp"
 #include "rlhf/error.hpp"
+#include "rlhf/ops/whitening.hpp"
 
 namespace rlhf {
 
@@ -107,6 +109,53 @@ double demonstration_bias(const B& b, backend_vector<B, const T> rewards, backen
   return -(m.sum / m.count);
 }
 
+/// The statistics of N >= 0 rewards: count, mean and m2 (the sum of squared deviations), two passes in
+/// double with the corrected second pass (Chan, Golub & LeVeque 1983), never E[r^2] - E[r]^2; m2 is
+/// exactly 0 when every reward is equal. Any N (a rank may hold one reward, or none): merge several ranks'
+/// with rlhf::global_masked_moments, then rlhf::normalization_from checks that there is a spread.
+/// @throws rlhf::non_finite_error on NaN/Inf
+template <class B, class T>
+masked_moments reward_moments_of(const B& b, backend_vector<B, const T> rewards,
+                                 std::string_view fn = "rlhf::reward_moments_of") {
+  detail::check_reduce_backend<B>();
+  detail::check_finite(b, fn, "rewards", rewards);
+  if (rewards.size == 0) return {};
+  const detail::reward_moments m =
+      b.transform_reduce(detail::reward_moments{}, detail::reward_moments_op{}, detail::reward_moments_map{}, rewards);
+  if (!std::isfinite(m.sum)) {
+    throw non_finite_error(detail::argument_message(fn, "rewards", "finite rewards",
+                                                    "a NaN/Inf (sum " + detail::to_display_string(m.sum) + ")"));
+  }
+  const double n = m.count;
+  if (m.min == m.max) return {n, m.min, 0.0};  // no spread, exactly
+  const double mean0 = m.sum / n;
+  const detail::reward_deviation_sums d =
+      b.transform_reduce(detail::reward_deviation_sums{}, detail::reward_deviation_sums_op{}, detail::reward_deviation_map{mean0}, rewards);
+  // Corrected two-pass: the second term removes the rounding error of mean0.
+  return {n, mean0 + d.sum / n, d.sum_sq - d.sum * d.sum / n};
+}
+
+/// The gain and bias of rlhf::normalization_to from the rewards' statistics (count, mean and m2, the sum
+/// of squared deviations), e.g. the moments of every rank's rewards merged by rlhf::global_masked_moments.
+/// @throws rlhf::invalid_argument when count < 2 or m2 is not > 0, or a target is out of range
+inline reward_gain_bias normalization_from(const masked_moments& moments, double target_mean = 0.0,
+                                           double target_std = 1.0,
+                                           std::string_view fn = "rlhf::normalization_from") {
+  if (!std::isfinite(target_mean)) {
+    detail::throw_argument_error(fn, "target_mean", "a finite value", detail::to_display_string(target_mean));
+  }
+  detail::check_positive(fn, "target_std", target_std);
+  if (!(moments.count >= 2)) {
+    detail::throw_argument_error(fn, "rewards", "at least 2 rewards", detail::to_display_string(moments.count));
+  }
+  const double var = moments.m2 / moments.count;
+  if (!(var > 0) || !std::isfinite(moments.mean)) {
+    detail::throw_argument_error(fn, "rewards", "rewards with a non-zero std", "std " + detail::to_display_string(var));
+  }
+  const double gain = target_std / std::sqrt(var);
+  return {gain, target_mean - gain * moments.mean};
+}
+
 /// The gain and bias of Ziegler et al. 2019 (sec. 2.2, ZGL `set_reward_norm`): for rewards r with mean mu and
 /// population std sigma, gain = target_std / sigma and bias = target_mean - gain * mu, so that gain * r + bias
 /// has mean target_mean and std target_std (ZGL: 0 and 1 over reference-policy samples).
@@ -124,36 +173,18 @@ double demonstration_bias(const B& b, backend_vector<B, const T> rewards, backen
 template <class B, class T>
 reward_gain_bias normalization_to(const B& b, backend_vector<B, const T> rewards, double target_mean = 0.0,
                                   double target_std = 1.0) {
-  detail::check_reduce_backend<B>();
   constexpr const char* fn = "rlhf::normalization_to";
   if (!std::isfinite(target_mean)) {
     detail::throw_argument_error(fn, "target_mean", "a finite value", detail::to_display_string(target_mean));
   }
   detail::check_positive(fn, "target_std", target_std);
   if (rewards.size < 2) detail::throw_argument_error(fn, "rewards", "at least 2 rewards", shape_string(rewards));
-  detail::check_finite(b, fn, "rewards", rewards);
-  const detail::reward_moments m =
-      b.transform_reduce(detail::reward_moments{}, detail::reward_moments_op{}, detail::reward_moments_map{}, rewards);
-  if (!std::isfinite(m.sum)) {
-    throw non_finite_error(detail::argument_message(fn, "rewards", "finite rewards",
-                                                    "a NaN/Inf (sum " + detail::to_display_string(m.sum) + ")"));
-  }
-  if (m.min == m.max) {
+  const masked_moments m = reward_moments_of(b, rewards, fn);
+  if (m.m2 == 0) {
     detail::throw_argument_error(fn, "rewards", "rewards with a non-zero std (not all equal)",
-                                 "std 0 (every reward equals " + detail::to_display_string(m.min) + ")");
+                                 "std 0 (every reward equals " + detail::to_display_string(m.mean) + ")");
   }
-  const double n = m.count;
-  const double mean0 = m.sum / n;
-  const detail::reward_deviation_sums d =
-      b.transform_reduce(detail::reward_deviation_sums{}, detail::reward_deviation_sums_op{}, detail::reward_deviation_map{mean0}, rewards);
-  // Corrected two-pass: the second term removes the rounding error of mean0 (Chan, Golub & LeVeque 1983).
-  const double var = (d.sum_sq - d.sum * d.sum / n) / n;
-  const double mean = mean0 + d.sum / n;
-  if (!(var > 0)) {
-    detail::throw_argument_error(fn, "rewards", "rewards with a non-zero std", "std " + detail::to_display_string(var));
-  }
-  const double gain = target_std / std::sqrt(var);
-  return {gain, target_mean - gain * mean};
+  return normalization_from(m, target_mean, target_std, fn);
 }
 
 /// Applies r' = gain * r + bias element-wise (computed in double, stored as T). `in` and `out` may be the
