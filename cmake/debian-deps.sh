@@ -26,4 +26,4 @@ rlhf_ensure_packages() {
 }
 
 # What the library's build, tests and examples need.
-RLHF_BUILD_PACKAGES=(cmake g++ make libeigen3-dev libxtensor-dev libxsimd-dev catch2 libbenchmark-dev)
+RLHF_BUILD_PACKAGES=(cmake g++ make libeigen3-dev libxtensor-dev libxsimd-dev catch2 libbenchmark-dev libopenmpi-dev openmpi-bin)

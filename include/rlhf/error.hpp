@@ -42,6 +42,13 @@ class cuda_error : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+/// Thrown when a communicator's transport (MPI, NCCL) reports a failure, or when the ranks disagree on a
+/// collective (different sizes); the message names the library function, the call and the status.
+class distributed_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 namespace detail {
 inline std::atomic<int>& finite_checks_state() {
   // -1: not decided yet (read the environment on first use), 0: off, 1: on.

@@ -66,6 +66,15 @@
 #include "rlhf/models/scalar_head.hpp"
 #include "rlhf/models/tokenizer.hpp"
 
+#include "rlhf/dist/communicator.hpp"
+#include "rlhf/dist/global_statistics.hpp"
+#include "rlhf/dist/gradient_all_reduce.hpp"
+#include "rlhf/dist/shard.hpp"
+#include "rlhf/dist/single_process.hpp"
+#if defined(RLHF_HAS_MPI)
+#include "rlhf/dist/mpi.hpp"
+#endif
+
 #include "rlhf/optim/adamw.hpp"
 #include "rlhf/optim/ema.hpp"
 #include "rlhf/optim/gradient_clipping.hpp"

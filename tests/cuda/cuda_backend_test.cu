@@ -18,8 +18,13 @@
 #include "rlhf/models/llama.hpp"
 #include "rlhf/ops/token_logprobs.hpp"
 #include "rlhf/testing/conformance.hpp"
+#include "cuda_test_support.hpp"
 
 namespace {
+
+using rlhf::test::check_close;
+using rlhf::test::expect;
+using rlhf::test::failures;
 
 // Each kernel is found by its algorithm's dispatch: a signature that drifted from the hook's call would
 // silently fall back to the generic path, so the calls are checked here at compile time.
@@ -38,38 +43,6 @@ constexpr bool kernels_found = requires(const rlhf::cuda_backend& b, rlhf::matri
 };
 static_assert(kernels_found<float> && kernels_found<double>,
               "a CUDA kernel's signature no longer matches its algorithm's dispatch");
-
-int failures = 0;
-
-void expect(bool ok, const std::string& what) {
-  if (!ok) {
-    ++failures;
-    std::printf("FAILED: %s\n", what.c_str());
-  }
-}
-
-template <class T>
-bool close(const std::vector<T>& got, const std::vector<T>& want, double rtol, double atol, std::string& why) {
-  if (got.size() != want.size()) {
-    why = "size " + std::to_string(got.size()) + " != " + std::to_string(want.size());
-    return false;
-  }
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    const double g = static_cast<double>(got[i]), w = static_cast<double>(want[i]);
-    if ((std::isnan(g) && std::isnan(w)) || (std::isinf(g) && g == w)) continue;
-    if (!(std::abs(g - w) <= atol + rtol * std::abs(w))) {
-      why = "index " + std::to_string(i) + ": got " + std::to_string(g) + ", want " + std::to_string(w);
-      return false;
-    }
-  }
-  return true;
-}
-
-template <class T>
-void check_close(const std::vector<T>& got, const std::vector<T>& want, double rtol, double atol, const std::string& what) {
-  std::string why;
-  expect(close(got, want, rtol, atol, why), what + ": " + why);
-}
 
 template <class T>
 void conformance(const rlhf::cuda_backend& b, const char* name) {

@@ -21,6 +21,13 @@
 #if CONSUMER_USES_CUDA
 #include "rlhf/backends/cuda.cuh"
 #endif
+#if CONSUMER_USES_MPI
+#include "rlhf/dist/global_statistics.hpp"
+#include "rlhf/dist/mpi.hpp"
+#endif
+#if CONSUMER_USES_NCCL
+#include "rlhf/dist/nccl.hpp"
+#endif
 
 template <class B>
 int run(const B& b, const char* name) {
@@ -56,8 +63,29 @@ int run(const B& b, const char* name) {
   return ok ? 0 : 1;
 }
 
-int main() {
+#if CONSUMER_USES_MPI
+// One process (MPI's singleton start, no mpirun): rank 0 of 1, the collectives over the reference backend.
+int run_mpi(int argc, char** argv) {
+  return rlhf::mpi_main(argc, argv, [](const rlhf::mpi_communicator& comm) {
+    std::vector<double> x{1.5, -2};
+    comm.all_reduce(rlhf::reference_backend{}, rlhf::matrix_view<double, rlhf::host_space>{x.data(), 1, 2},
+                    rlhf::reduce_op::sum);
+    const bool ok = comm.size() == 1 && x == std::vector<double>{1.5, -2} && rlhf::global_sum(comm, 2.0) == 2.0;
+    std::printf("mpi communicator: rank %zu of %zu -> %s\n", comm.rank(), comm.size(), ok ? "ok" : "WRONG");
+    return ok ? 0 : 1;
+  });
+}
+#endif
+
+int main([[maybe_unused]] int argc, [[maybe_unused]] char** argv) {
   int failures = run(rlhf::reference_backend{}, "reference");
+#if CONSUMER_USES_MPI
+  failures += run_mpi(argc, argv);
+#endif
+#if CONSUMER_USES_NCCL
+  static_assert(sizeof(rlhf::nccl_communicator::unique_id) > 0, "the NCCL communicator compiles");
+  std::printf("nccl communicator: compiled (one rank per GPU; run by the gpu tests where a GPU is present)\n");
+#endif
 #if CONSUMER_USES_EIGEN
   failures += run(rlhf::eigen_backend{}, "eigen");
 #endif

@@ -786,7 +786,7 @@ class llama_model {
     std::vector<std::size_t> fed(R, 0);  // tokens of row r fed so far
     std::vector<bool> done(R, false);
     std::vector<std::uint64_t> state(R);
-    for (std::size_t r = 0; r < R; ++r) state[r] = detail::llama_row_state(options.seed, r);
+    for (std::size_t r = 0; r < R; ++r) state[r] = detail::llama_row_state(options.seed, options.first_row + r);
     std::vector<float> probs;
     std::vector<std::pair<float, token_type>> order;
     std::size_t active = R;

@@ -29,7 +29,10 @@ struct sampling_options {
   std::size_t top_k = 0;        ///< keep the k most probable tokens; 0 keeps all
   double top_p = 1.0;           ///< nucleus mass in (0, 1); values <= 0 or >= 1 turn it off (as llama2.c)
   token_type stop_token = -1;   ///< a row stops after producing it (it is kept in the output); -1: none
-  std::uint64_t seed = 1;       ///< seeds the generators: row r starts from splitmix64(seed, r)
+  std::uint64_t seed = 1;       ///< seeds the generators: row r starts from splitmix64(seed, first_row + r)
+  /// Index of this batch's first row in a larger batch: a rank sampling rows [first_row, first_row + R)
+  /// of a global batch draws exactly what one process sampling the whole batch draws for them.
+  std::uint64_t first_row = 0;
 
   /// Greedy decoding (temperature 0).
   static sampling_options greedy() {

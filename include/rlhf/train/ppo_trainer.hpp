@@ -42,6 +42,9 @@
 #include "rlhf/backends/memory.hpp"
 #include "rlhf/data/atomic_write.hpp"
 #include "rlhf/data/json.hpp"
+#include "rlhf/dist/global_statistics.hpp"
+#include "rlhf/dist/shard.hpp"
+#include "rlhf/dist/single_process.hpp"
 #include "rlhf/losses/entropy_bonus.hpp"
 #include "rlhf/losses/loss_aggregation.hpp"
 #include "rlhf/losses/ppo_clip_loss.hpp"
@@ -52,6 +55,7 @@
 #include "rlhf/ops/kl_estimators.hpp"
 #include "rlhf/ops/whitening.hpp"
 #include "rlhf/optim/ema.hpp"
+#include "rlhf/train/data_parallel.hpp"
 #include "rlhf/train/kl_controller.hpp"
 #include "rlhf/train/optimizer_update.hpp"
 #include "rlhf/train/token_batch.hpp"
@@ -204,7 +208,15 @@ struct ppo_rollout {
 /// @tparam V an rlhf::value_model
 /// @tparam R an rlhf::reward_model
 /// @tparam OP, OV optimizers of the policy and of the value model
-template <class P, class V, class R, class OP, class OV>
+/// @tparam C an rlhf::communicator (default rlhf::single_process). With N ranks, step() and learn() take
+///         this rank's prompts (rollout); advantages are whitened with the union's moments, losses use the
+///         union's token counts, gradients are summed over ranks, and the early stop and the adaptive KL
+///         controller see the union's KL, so every rank ends the iteration with the parameters one process
+///         would have after the same iteration on the union (with minibatches = 1; with more, each global
+///         minibatch is the union of the ranks' local minibatches). fit() takes the whole prompt set on
+///         every rank and each rank samples its block of each batch (rlhf::shard_of); sampling draws row
+///         i of the global batch from the same stream whichever rank samples it.
+template <class P, class V, class R, class OP, class OV, class C = single_process>
 class ppo_trainer {
  public:
   using B = typename P::backend_type;
@@ -214,8 +226,10 @@ class ppo_trainer {
   /// @param reference the frozen SFT policy of the KL penalty (never updated)
   /// @param value the value model (InstructGPT: rlhf::value_model_from(b, reward_model))
   /// @param reward the reward model (never updated here)
+  /// @param comm the ranks training together (rank 0's parameters of all four models are broadcast at the
+  ///        first iteration)
   ppo_trainer(P& policy, P& reference, V& value, R& reward, OP& policy_optimizer, OV& value_optimizer,
-              ppo_options options = {})
+              ppo_options options = {}, C comm = {})
       : policy_(policy),
         reference_(reference),
         value_(value),
@@ -224,12 +238,14 @@ class ppo_trainer {
         value_opt_(value_optimizer),
         options_(std::move(options)),
         beta_(options_.beta),
-        rng_(options_.seed) {
+        rng_(options_.seed),
+        comm_(std::move(comm)) {
     detail::check_policy<P>();
     detail::check_value_model<V>();
     detail::check_reward_model<R>();
     detail::check_optimizer<OP, B, T>();
     detail::check_optimizer<OV, B, typename V::value_type>();
+    detail::check_communicator<C, B>();
     constexpr const char* fn = "rlhf::ppo_trainer";
     detail::check_non_negative(fn, "options.beta", options_.beta);
     detail::check_positive(fn, "options.ppo_epochs", static_cast<double>(options_.ppo_epochs));
@@ -265,12 +281,29 @@ class ppo_trainer {
   std::size_t iterations() const { return iteration_; }
   /// The EMA of the policy weights (when options.ema_decay > 0), e.g. to evaluate or save it.
   weight_ema<B, T>& ema() { return ema_; }
+  /// The ranks this trainer spans.
+  const C& communicator() const { return comm_; }
 
   /// Saves everything a resumed run needs into directory `dir` (created if missing): the policy and the
   /// value model with their optimizers' state (policy.safetensors, value.safetensors; the EMA shadow
   /// beside the policy), and the trainer's own state (ppo_state.json: iteration, KL coefficient, the
-  /// shuffling generator). Each file is replaced atomically.
+  /// shuffling generator). Each file is replaced atomically. With several ranks, every rank calls it:
+  /// rank 0 writes (the replicas are equal) and the call returns on every rank once the files are whole.
   void save_state(const B& b, const std::filesystem::path& dir) {
+    if (comm_.rank() == 0) write_state(b, dir);
+    comm_.barrier();
+  }
+
+  /// Restores a state written by save_state into this trainer and its models and optimizers (constructed
+  /// as for the interrupted run), so that the following iterations equal the uninterrupted run's. With
+  /// several ranks, every rank reads the same files.
+  void load_state(const B& b, const std::filesystem::path& dir) {
+    read_state(b, dir);
+    synced_ = true;  // every replica read the same weights
+  }
+
+ private:
+  void write_state(const B& b, const std::filesystem::path& dir) {
     std::filesystem::create_directories(dir);
     save_training_checkpoint(b, dir / "policy.safetensors", policy_, policy_opt_, {}, ema_tensors());
     save_training_checkpoint(b, dir / "value.safetensors", value_, value_opt_);
@@ -284,9 +317,7 @@ class ppo_trainer {
     detail::write_file_atomically("rlhf::ppo_trainer::save_state", dir / "ppo_state.json", serialize_json(state, 2) + "\n");
   }
 
-  /// Restores a state written by save_state into this trainer and its models and optimizers (constructed
-  /// as for the interrupted run), so that the following iterations equal the uninterrupted run's.
-  void load_state(const B& b, const std::filesystem::path& dir) {
+  void read_state(const B& b, const std::filesystem::path& dir) {
     constexpr std::string_view fn = "rlhf::ppo_trainer::load_state";
     std::ifstream in(dir / "ppo_state.json");
     if (!in) detail::throw_argument_error(fn, "dir", "a directory written by save_state", (dir / "ppo_state.json").string() + " missing");
@@ -312,10 +343,21 @@ class ppo_trainer {
     rng >> rng_;
   }
 
+ public:
+
   /// Samples one response per prompt with the current policy (the rollout of step()).
+  /// With several ranks, `prompts` is this rank's block of the global batch (blocks in rank order, as
+  /// rlhf::shard_of cuts them): row i of the global batch is sampled from the same stream as by one process.
   ppo_rollout rollout(const B& b, const std::vector<std::vector<token_type>>& prompts) {
     sampling_options o = options_.sampling;
     o.seed = options_.sampling.seed + 0x9E3779B97F4A7C15ull * (iteration_ + 1);
+    if (comm_.size() > 1) {  // this rank's first row in the global batch
+      const double mine = static_cast<double>(prompts.size());
+      const std::vector<double> counts = comm_.all_gather(std::span<const double>(&mine, 1));
+      for (std::size_t r = 0; r < comm_.rank(); ++r) o.first_row += static_cast<std::uint64_t>(counts[r]);
+    }
+    sync_replicas(b);
+    if (prompts.empty()) return {};
     const auto seqs = policy_.generate(b, prompts, options_.max_new_tokens, o);
     ppo_rollout r;
     r.prompts = prompts;
@@ -332,8 +374,8 @@ class ppo_trainer {
   ppo_iteration_stats step(const B& b, const std::vector<std::vector<token_type>>& prompts,
                            std::span<const prompt_response> pretraining = {}) {
     constexpr std::string_view fn = "rlhf::ppo_trainer::step";
-    if (prompts.empty()) detail::throw_argument_error(fn, "prompts", "at least one prompt", "none");
-    if (options_.ptx && pretraining.empty()) {
+    if (prompts.empty() && comm_.size() == 1) detail::throw_argument_error(fn, "prompts", "at least one prompt", "none");
+    if (options_.ptx && pretraining.empty() && comm_.size() == 1) {
       detail::throw_argument_error(fn, "pretraining", "a pretraining batch (options.ptx is on)", "none");
     }
     return learn(b, rollout(b, prompts), pretraining);
@@ -359,10 +401,12 @@ class ppo_trainer {
     const std::size_t ptx_batch = run.ptx_batch_size != 0 ? run.ptx_batch_size : run.batch_size;
     const auto one_step = [&](std::size_t s) {
       std::vector<std::vector<token_type>> batch;
-      for (const std::size_t i : prompt_order.stream_batch(run.batch_size, s)) batch.push_back(prompts[i]);
+      const std::vector<std::size_t> global = prompt_order.stream_batch(run.batch_size, s);
+      for (const std::size_t i : shard(std::span<const std::size_t>(global), comm_)) batch.push_back(prompts[i]);
       std::vector<prompt_response> ptx;
       if (options_.ptx) {
-        for (const std::size_t i : ptx_order.stream_batch(ptx_batch, s)) ptx.push_back(pretraining[i]);
+        const std::vector<std::size_t> global_ptx = ptx_order.stream_batch(ptx_batch, s);
+        for (const std::size_t i : shard(std::span<const std::size_t>(global_ptx), comm_)) ptx.push_back(pretraining[i]);
       }
       const ppo_iteration_stats st = step(b, batch, ptx);
       return metrics_row{{"iteration", static_cast<double>(st.iteration + 1)},
@@ -380,79 +424,114 @@ class ppo_trainer {
                          {"updates", static_cast<double>(st.updates)}};
     };
     return detail::run_training_loop(
-        fn, run, "PPO", run.iterations, one_step, [&](const std::filesystem::path& dir) { save_state(b, dir); },
-        [&](const std::filesystem::path& dir) { load_state(b, dir); });
+        fn, run, "PPO", run.iterations, one_step, [&](const std::filesystem::path& dir) { write_state(b, dir); },
+        [&](const std::filesystem::path& dir) { load_state(b, dir); }, detail::run_rank_of(comm_));
   }
 
-  /// Steps 2-5 of an iteration on a given rollout (e.g. responses sampled elsewhere).
+  /// Steps 2-5 of an iteration on a given rollout (e.g. responses sampled elsewhere). With several ranks,
+  /// this rank's rows (possibly none, as long as some rank has rows) and pretraining rows.
   ppo_iteration_stats learn(const B& b, const ppo_rollout& rollout, std::span<const prompt_response> pretraining = {}) {
     constexpr std::string_view fn = "rlhf::ppo_trainer::learn";
-    if (rollout.prompts.size() != rollout.responses.size() || rollout.prompts.empty()) {
+    if (rollout.prompts.size() != rollout.responses.size() || (rollout.prompts.empty() && comm_.size() == 1)) {
       detail::throw_argument_error(fn, "rollout", "as many responses as prompts, at least one",
                                    std::to_string(rollout.responses.size()) + " responses for " +
                                        std::to_string(rollout.prompts.size()) + " prompts");
     }
+    const std::size_t rows = rollout.prompts.size();
+    const double global_rows = global_sum(comm_, static_cast<double>(rows));
+    if (global_rows == 0) detail::throw_argument_error(fn, "rollout", "rows on some rank", "none on every rank");
+    sync_replicas(b);
     ppo_iteration_stats stats;
     stats.iteration = iteration_;
     stats.beta = beta();
     // Rows: prompt + response; the mask marks the response tokens (the actions).
-    std::vector<prompt_response> pairs(rollout.prompts.size());
-    std::vector<mask_type> has_eos(pairs.size(), 0);
-    for (std::size_t i = 0; i < pairs.size(); ++i) {
+    std::vector<prompt_response> pairs(rows);
+    std::vector<mask_type> has_eos(rows, 0);
+    double length_sum = 0;
+    for (std::size_t i = 0; i < rows; ++i) {
       pairs[i] = {rollout.prompts[i], rollout.responses[i]};
       has_eos[i] = !rollout.responses[i].empty() && rollout.responses[i].back() == options_.sampling.stop_token;
-      stats.mean_response_length += static_cast<double>(rollout.responses[i].size()) / static_cast<double>(pairs.size());
+      length_sum += static_cast<double>(rollout.responses[i].size());
     }
-    const token_batch host = make_token_batch(pairs, options_.max_length, fn);
-    const std::size_t rows = host.rows, cols = host.cols;
-    const auto dev = upload(b, host);
-    const auto eos = to_backend(b, has_eos);
-    auto old_logp = allocate<T>(b, rows, cols), ref_logp = allocate<T>(b, rows, cols);
-    auto old_values = allocate<T>(b, rows, cols), kl = allocate<T>(b, rows, cols), rewards = allocate<T>(b, rows, cols);
-    auto advantages = allocate<T>(b, rows, cols), returns = allocate<T>(b, rows, cols);
-    auto scores = allocate<T>(b, rows);
-    policy_.log_probs(b, dev.tokens_view(), dev.lengths_view(), old_logp.view(), backend_matrix<B, T>{},
-                      forward_mode::inference);
-    reference_.log_probs(b, dev.tokens_view(), dev.lengths_view(), ref_logp.view(), backend_matrix<B, T>{},
-                         forward_mode::inference);
-    value_.values(b, dev.tokens_view(), dev.lengths_view(), old_values.view(), forward_mode::inference);
-    reward_.scores(b, dev.tokens_view(), dev.lengths_view(), scores.view().flat(), forward_mode::inference);
-    // Ouyang et al. 2022, eq. 2: r_t = -beta * KL_t, plus the RM score at the last response token.
-    kl_penalized_rewards_options ro = options_.rewards;
-    ro.beta = beta();
-    const kl_penalized_rewards_stats rs =
-        kl_penalized_rewards(b, as_const(old_logp.view()), as_const(ref_logp.view()), as_const(scores.view().flat()),
-                             dev.mask_view(), as_const(eos.view().flat()), kl.view(), rewards.view(), options_.kl, ro);
-    stats.mean_score = rs.mean_raw_score;
-    stats.mean_kl = rs.mean_kl_sum;
-    stats.mean_reward = rs.mean_score + rs.mean_non_score_reward;
-    gae(b, as_const(rewards.view()), as_const(old_values.view()), dev.mask_view(), advantages.view(), returns.view(),
-        options_.gae);
-    if (options_.whiten_advantages) {
-      whiten(b, as_const(advantages.view()), dev.mask_view(), advantages.view(), options_.whitening);
+    token_batch host;
+    std::vector<T> old_logp_host, advantages_host, old_values_host, returns_host;
+    kl_penalized_rewards_stats rs{};
+    if (rows > 0) {
+      host = make_token_batch(pairs, options_.max_length, fn);
+      const std::size_t cols = host.cols;
+      const auto dev = upload(b, host);
+      const auto eos = to_backend(b, has_eos);
+      auto old_logp = allocate<T>(b, rows, cols), ref_logp = allocate<T>(b, rows, cols);
+      auto old_values = allocate<T>(b, rows, cols), kl = allocate<T>(b, rows, cols), rewards = allocate<T>(b, rows, cols);
+      auto advantages = allocate<T>(b, rows, cols), returns = allocate<T>(b, rows, cols);
+      auto scores = allocate<T>(b, rows);
+      policy_.log_probs(b, dev.tokens_view(), dev.lengths_view(), old_logp.view(), backend_matrix<B, T>{},
+                        forward_mode::inference);
+      reference_.log_probs(b, dev.tokens_view(), dev.lengths_view(), ref_logp.view(), backend_matrix<B, T>{},
+                           forward_mode::inference);
+      value_.values(b, dev.tokens_view(), dev.lengths_view(), old_values.view(), forward_mode::inference);
+      reward_.scores(b, dev.tokens_view(), dev.lengths_view(), scores.view().flat(), forward_mode::inference);
+      // Ouyang et al. 2022, eq. 2: r_t = -beta * KL_t, plus the RM score at the last response token.
+      kl_penalized_rewards_options ro = options_.rewards;
+      ro.beta = beta();
+      rs = kl_penalized_rewards(b, as_const(old_logp.view()), as_const(ref_logp.view()), as_const(scores.view().flat()),
+                                dev.mask_view(), as_const(eos.view().flat()), kl.view(), rewards.view(), options_.kl, ro);
+      gae(b, as_const(rewards.view()), as_const(old_values.view()), dev.mask_view(), advantages.view(), returns.view(),
+          options_.gae);
+      if (options_.whiten_advantages) {
+        if (comm_.size() == 1) {
+          whiten(b, as_const(advantages.view()), dev.mask_view(), advantages.view(), options_.whitening);
+        } else {  // the union's mean and variance (per-rank whitening is a peer bug: rlhf-math §2.8)
+          const masked_moments global =
+              global_masked_moments(comm_, compute_masked_moments(b, as_const(advantages.view()), dev.mask_view()));
+          whiten(b, as_const(advantages.view()), dev.mask_view(), advantages.view(), options_.whitening, &global);
+        }
+      }
+      // Host copies for minibatch gathers (PPO's per-row data is small next to the model).
+      old_logp_host = to_host(b, old_logp.view());
+      advantages_host = to_host(b, advantages.view());
+      old_values_host = to_host(b, old_values.view());
+      returns_host = to_host(b, returns.view());
+    } else if (options_.whiten_advantages && comm_.size() > 1) {
+      global_masked_moments(comm_, masked_moments{});  // take part in the union's moments
     }
-    // Host copies for minibatch gathers (PPO's per-row data is small next to the model).
-    const minibatch_source src{host, to_host(b, old_logp.view()), to_host(b, advantages.view()),
-                               to_host(b, old_values.view()), to_host(b, returns.view())};
+    if (comm_.size() == 1) {
+      stats.mean_score = rs.mean_raw_score;
+      stats.mean_kl = rs.mean_kl_sum;
+      stats.mean_reward = rs.mean_score + rs.mean_non_score_reward;
+      stats.mean_response_length = length_sum / global_rows;
+    } else {  // the union's per-sequence statistics (rows weigh equally)
+      const double n = static_cast<double>(rows);
+      const std::vector<double> sums = global_sums(
+          comm_, {rs.mean_raw_score * n, rs.mean_kl_sum * n, (rs.mean_score + rs.mean_non_score_reward) * n, length_sum});
+      stats.mean_score = sums[0] / global_rows;
+      stats.mean_kl = sums[1] / global_rows;
+      stats.mean_reward = sums[2] / global_rows;
+      stats.mean_response_length = sums[3] / global_rows;
+    }
+    const minibatch_source src{host, std::move(old_logp_host), std::move(advantages_host), std::move(old_values_host),
+                               std::move(returns_host)};
     std::vector<std::size_t> order(rows);
     std::iota(order.begin(), order.end(), std::size_t(0));
-    const std::size_t mb_count = std::min(options_.minibatches, rows);
+    // Every rank makes the same number of updates: a rank with fewer rows has empty minibatches.
+    const std::size_t mb_count = std::max<std::size_t>(
+        1, std::min(options_.minibatches, static_cast<std::size_t>(global_max(comm_, static_cast<double>(rows)))));
     bool stop = false;
     for (std::size_t epoch = 0; epoch < options_.ppo_epochs && !stop; ++epoch) {
-      std::shuffle(order.begin(), order.end(), rng_);
+      shuffle_rows(order, epoch);
       for (std::size_t m = 0; m < mb_count && !stop; ++m) {
         const std::size_t first = m * rows / mb_count, last = (m + 1) * rows / mb_count;
         const minibatch mb = gather(b, src, std::span<const std::size_t>(order).subspan(first, last - first));
         const double policy_kl = update_policy(b, mb, pretraining, stats);
         update_value(b, mb, stats);
         ++stats.updates;
-        if (options_.early_stop_kl > 0 && policy_kl > options_.early_stop_kl) {
+        if (options_.early_stop_kl > 0 && policy_kl > options_.early_stop_kl) {  // the union's KL: every rank agrees
           stop = true;
           stats.early_stopped = true;
         }
       }
     }
-    if (adaptive_) adaptive_->update(kl_per_sequence{stats.mean_kl}, rows);
+    if (adaptive_) adaptive_->update(kl_per_sequence{stats.mean_kl}, static_cast<std::size_t>(global_rows));
     if (options_.ema_decay > 0) {
       if (iteration_ == 0 && !ema_initialized_) {
         ema_ = weight_ema<B, T>(weight_ema_options{options_.ema_decay});
@@ -473,7 +552,33 @@ class ppo_trainer {
     device_token_batch<B> tokens;
     buffer_t<B, T> old_logp, advantages, old_values, returns;
     std::size_t rows = 0, cols = 0;
+    aggregation_counts counts;  ///< valid tokens and sequences (for the union's counts)
   };
+
+  // One process: the trainer's generator (its state is checkpointed). Several ranks: a generator derived
+  // from (seed, iteration, epoch, rank), so a checkpoint needs no per-rank state.
+  void shuffle_rows(std::vector<std::size_t>& order, std::size_t epoch) {
+    if (comm_.size() == 1) {
+      std::shuffle(order.begin(), order.end(), rng_);
+      return;
+    }
+    std::seed_seq seq{static_cast<std::uint32_t>(options_.seed), static_cast<std::uint32_t>(options_.seed >> 32),
+                      static_cast<std::uint32_t>(iteration_), static_cast<std::uint32_t>(epoch),
+                      static_cast<std::uint32_t>(comm_.rank())};
+    std::mt19937_64 g(seq);
+    std::shuffle(order.begin(), order.end(), g);
+  }
+
+  void sync_replicas(const B& b) {
+    if (synced_) return;
+    detail::broadcast_models(comm_, b, policy_, reference_, value_, reward_);
+    synced_ = true;
+  }
+
+  // The aggregation of a loss over this rank's rows with the union's counts (one rank: unchanged).
+  loss_aggregation union_aggregation(const aggregation_counts& local) const {
+    return global_aggregation(comm_, options_.aggregation, local);
+  }
 
   // Rows `idx` of the rollout batch, uploaded.
   static minibatch gather(const B& b, const minibatch_source& s, std::span<const std::size_t> idx) {
@@ -499,67 +604,97 @@ class ppo_trainer {
       row(s.old_values, ov);
       row(s.returns, ret);
     }
+    const aggregation_counts counts = count_valid(t.mask, n, cols);
     return {upload(b, t),
             to_backend(b, std::span<const T>(lp), n, cols),
             to_backend(b, std::span<const T>(adv), n, cols),
             to_backend(b, std::span<const T>(ov), n, cols),
             to_backend(b, std::span<const T>(ret), n, cols),
             n,
-            cols};
+            cols,
+            counts};
   }
 
-  // PPO-clip (+ entropy) backward, then PPO-ptx, then one policy update. Returns the minibatch's policy KL.
+  // PPO-clip (+ entropy) backward, then PPO-ptx, then one policy update. Returns the minibatch's policy KL
+  // (the union's, with several ranks).
   double update_policy(const B& b, const minibatch& mb, std::span<const prompt_response> pretraining,
                        ppo_iteration_stats& stats) {
     const bool want_entropy = options_.entropy_coefficient > 0;
-    auto logp = allocate<T>(b, mb.rows, mb.cols), d_logp = allocate<T>(b, mb.rows, mb.cols);
-    auto entropy = allocate<T>(b, want_entropy ? mb.rows : 0, mb.cols);
-    auto d_entropy = allocate<T>(b, want_entropy ? mb.rows : 0, mb.cols);
+    const loss_aggregation agg = union_aggregation(mb.counts);
     policy_.zero_grad(b);
-    policy_.log_probs(b, mb.tokens.tokens_view(), mb.tokens.lengths_view(), logp.view(),
-                      want_entropy ? entropy.view() : backend_matrix<B, T>{}, forward_mode::training);
-    // Schulman et al. 2017, eq. 7, on the response tokens.
-    const ppo_clip_stats ps = ppo_clip_loss(b, as_const(logp.view()), as_const(mb.old_logp.view()),
-                                            as_const(mb.advantages.view()), mb.tokens.mask_view(), d_logp.view(),
-                                            options_.clip, options_.aggregation);
-    stats.policy_loss = ps.loss;
-    stats.clip_fraction = ps.clip_fraction;
-    stats.approx_kl = ps.approx_kl;
-    if (want_entropy) {
-      const entropy_bonus_stats es = entropy_bonus(b, as_const(entropy.view()), mb.tokens.mask_view(), d_entropy.view(),
-                                                   options_.entropy_coefficient, options_.aggregation);
-      stats.entropy = es.mean_entropy;
-      policy_.log_probs_backward(b, as_const(d_logp.view()), as_const(d_entropy.view()));
-    } else {
-      policy_.log_probs_backward(b, as_const(d_logp.view()), backend_matrix<B, const T>{});
+    ppo_clip_stats ps{};
+    entropy_bonus_stats es{};
+    if (mb.rows > 0) {
+      auto logp = allocate<T>(b, mb.rows, mb.cols), d_logp = allocate<T>(b, mb.rows, mb.cols);
+      auto entropy = allocate<T>(b, want_entropy ? mb.rows : 0, mb.cols);
+      auto d_entropy = allocate<T>(b, want_entropy ? mb.rows : 0, mb.cols);
+      policy_.log_probs(b, mb.tokens.tokens_view(), mb.tokens.lengths_view(), logp.view(),
+                        want_entropy ? entropy.view() : backend_matrix<B, T>{}, forward_mode::training);
+      // Schulman et al. 2017, eq. 7, on the response tokens.
+      ps = ppo_clip_loss(b, as_const(logp.view()), as_const(mb.old_logp.view()), as_const(mb.advantages.view()),
+                         mb.tokens.mask_view(), d_logp.view(), options_.clip, agg);
+      if (want_entropy) {
+        es = entropy_bonus(b, as_const(entropy.view()), mb.tokens.mask_view(), d_entropy.view(),
+                           options_.entropy_coefficient, agg);
+        policy_.log_probs_backward(b, as_const(d_logp.view()), as_const(d_entropy.view()));
+      } else {
+        policy_.log_probs_backward(b, as_const(d_logp.view()), backend_matrix<B, const T>{});
+      }
     }
-    if (options_.ptx && !pretraining.empty()) {
+    stats.ptx_loss = 0;
+    if (options_.ptx) {
       // Ouyang et al. 2022, eq. 2, second term: gamma * E_pretrain[log pi(x)], as a loss to minimize.
-      const token_batch pt = make_token_batch(pretraining, options_.max_length, "rlhf::ppo_trainer::step (pretraining)");
-      const auto pdev = upload(b, pt);
-      auto plogp = allocate<T>(b, pt.rows, pt.cols), pd = allocate<T>(b, pt.rows, pt.cols);
-      policy_.log_probs(b, pdev.tokens_view(), pdev.lengths_view(), plogp.view(), backend_matrix<B, T>{},
-                        forward_mode::training);
-      const sft_loss_stats ls = ptx_loss(b, as_const(plogp.view()), pdev.mask_view(), pd.view(), options_.ptx_loss);
-      stats.ptx_loss = ls.loss;
-      policy_.log_probs_backward(b, as_const(pd.view()), backend_matrix<B, const T>{});
+      token_batch pt;
+      if (!pretraining.empty()) pt = make_token_batch(pretraining, options_.max_length, "rlhf::ppo_trainer::step (pretraining)");
+      // The pretraining term is a token mean over the pretraining batch (the union's, with several ranks).
+      const loss_aggregation ptx_agg = global_aggregation(comm_, loss_aggregation{}, count_valid(pt.mask, pt.rows, pt.cols));
+      if (!pretraining.empty()) {
+        const auto pdev = upload(b, pt);
+        auto plogp = allocate<T>(b, pt.rows, pt.cols), pd = allocate<T>(b, pt.rows, pt.cols);
+        policy_.log_probs(b, pdev.tokens_view(), pdev.lengths_view(), plogp.view(), backend_matrix<B, T>{},
+                          forward_mode::training);
+        stats.ptx_loss = ptx_loss(b, as_const(plogp.view()), pdev.mask_view(), pd.view(), options_.ptx_loss, ptx_agg).loss;
+        policy_.log_probs_backward(b, as_const(pd.view()), backend_matrix<B, const T>{});
+      }
     }
+    all_reduce_gradients(comm_, b, policy_.parameters());
     optimizer_update(b, policy_opt_, policy_.parameters(), options_.max_grad_norm, options_.policy_schedule);
-    return ps.policy_kl;
+    if (comm_.size() == 1) {
+      stats.policy_loss = ps.loss;
+      stats.clip_fraction = ps.clip_fraction;
+      stats.approx_kl = ps.approx_kl;
+      stats.entropy = es.mean_entropy;
+      return ps.policy_kl;
+    }
+    // The union's statistics: losses are shares (summed), token means are weighted by tokens.
+    const double nt = ps.token_count;
+    const std::vector<double> g = global_sums(comm_, {ps.loss, ps.clip_fraction * nt, ps.approx_kl * nt, ps.policy_kl * nt, nt,
+                                                     es.mean_entropy * es.token_count, es.token_count, stats.ptx_loss});
+    const double tokens = g[4] > 0 ? g[4] : 1.0;
+    stats.policy_loss = g[0];
+    stats.clip_fraction = g[1] / tokens;
+    stats.approx_kl = g[2] / tokens;
+    stats.entropy = g[6] > 0 ? g[5] / g[6] : 0.0;
+    stats.ptx_loss = g[7];
+    return g[3] / tokens;
   }
 
   void update_value(const B& b, const minibatch& mb, ppo_iteration_stats& stats) {
     using TV = typename V::value_type;
     static_assert(std::is_same_v<TV, T>, "rlhf::ppo_trainer: the policy and the value model must share the element type");
-    auto values = allocate<T>(b, mb.rows, mb.cols), d_values = allocate<T>(b, mb.rows, mb.cols);
+    const loss_aggregation agg = union_aggregation(mb.counts);
     value_.zero_grad(b);
-    value_.values(b, mb.tokens.tokens_view(), mb.tokens.lengths_view(), values.view(), forward_mode::training);
-    const value_loss_stats vs = clipped_value_loss(b, as_const(values.view()), as_const(mb.old_values.view()),
-                                                   as_const(mb.returns.view()), mb.tokens.mask_view(), d_values.view(),
-                                                   options_.value, options_.aggregation);
-    stats.value_loss = vs.loss;
-    value_.values_backward(b, as_const(d_values.view()));
+    value_loss_stats vs{};
+    if (mb.rows > 0) {
+      auto values = allocate<T>(b, mb.rows, mb.cols), d_values = allocate<T>(b, mb.rows, mb.cols);
+      value_.values(b, mb.tokens.tokens_view(), mb.tokens.lengths_view(), values.view(), forward_mode::training);
+      vs = clipped_value_loss(b, as_const(values.view()), as_const(mb.old_values.view()), as_const(mb.returns.view()),
+                              mb.tokens.mask_view(), d_values.view(), options_.value, agg);
+      value_.values_backward(b, as_const(d_values.view()));
+    }
+    all_reduce_gradients(comm_, b, value_.parameters());
     optimizer_update(b, value_opt_, value_.parameters(), options_.max_grad_norm, options_.value_schedule);
+    stats.value_loss = global_sum(comm_, vs.loss);
   }
 
   named_tensor_list<T, typename B::memory_space> ema_tensors() {
@@ -579,6 +714,8 @@ class ppo_trainer {
   bool ema_initialized_ = false;
   std::mt19937_64 rng_;
   std::size_t iteration_ = 0;
+  C comm_;
+  bool synced_ = false;
 };
 
 }  // namespace rlhf

@@ -22,8 +22,12 @@
 
 #include "rlhf/advantages/reward_normalization.hpp"
 #include "rlhf/backends/memory.hpp"
+#include "rlhf/dist/global_statistics.hpp"
+#include "rlhf/dist/shard.hpp"
+#include "rlhf/dist/single_process.hpp"
 #include "rlhf/losses/ranking_loss.hpp"
 #include "rlhf/models/concepts.hpp"
+#include "rlhf/train/data_parallel.hpp"
 #include "rlhf/train/optimizer_update.hpp"
 #include "rlhf/train/token_batch.hpp"
 #include "rlhf/train/training_checkpoint.hpp"
@@ -59,29 +63,45 @@ struct reward_step_stats {
 /// Trains a reward model from rankings.
 /// @tparam R an rlhf::reward_model (its backend_type is the trainer's backend)
 /// @tparam O an rlhf::optimizer over that backend and R::value_type
-template <class R, class O>
+/// @tparam C an rlhf::communicator (default rlhf::single_process). With N ranks, step() takes this rank's
+///         ranked prompts and every rank ends the step with the parameters one process would have after a
+///         step on the union (each rank's gradient is scaled by its share of the prompts); fit(),
+///         evaluate() and normalize_to_demonstrations() take the whole data on every rank and each rank
+///         works on its block (rlhf::shard_of).
+template <class R, class O, class C = single_process>
 class reward_trainer {
  public:
   using B = typename R::backend_type;
   using T = typename R::value_type;
 
-  reward_trainer(R& model, O& optimizer, reward_trainer_options options = {})
-      : model_(model), optimizer_(optimizer), options_(std::move(options)) {
+  /// @param comm the ranks training together (rank 0's parameters are broadcast at the first step)
+  reward_trainer(R& model, O& optimizer, reward_trainer_options options = {}, C comm = {})
+      : model_(model), optimizer_(optimizer), options_(std::move(options)), comm_(std::move(comm)) {
     detail::check_reward_model<R>();
     detail::check_optimizer<O, B, T>();
+    detail::check_communicator<C, B>();
     detail::check_positive("rlhf::reward_trainer", "options.eval_batch_prompts",
                            static_cast<double>(options_.eval_batch_prompts));
   }
 
   const reward_trainer_options& options() const { return options_; }
+  /// The ranks this trainer spans.
+  const C& communicator() const { return comm_; }
 
   /// One optimizer step on a batch of ranked prompts.
   /// @throws rlhf::invalid_argument on an empty batch, K < 2, or ranks not matching the responses
   reward_step_stats step(const B& b, std::span<const ranked_responses> batch) {
     constexpr std::string_view fn = "rlhf::reward_trainer::step";
-    if (batch.empty()) detail::throw_argument_error(fn, "batch", "at least one ranked prompt", "none");
+    if (batch.empty() && comm_.size() == 1) detail::throw_argument_error(fn, "batch", "at least one ranked prompt", "none");
+    sync_replicas(b);
     model_.zero_grad(b);
-    reward_step_stats s = loss_and_gradient(b, batch, true, fn);
+    // The loss is a mean over prompts: each rank's gradient is scaled by its share of the union's prompts.
+    const double prompts = global_sum(comm_, static_cast<double>(batch.size()));
+    if (prompts == 0) detail::throw_argument_error(fn, "batch", "at least one ranked prompt on some rank", "none on every rank");
+    const double share = static_cast<double>(batch.size()) / prompts;
+    reward_step_stats s = batch.empty() ? reward_step_stats{} : loss_and_gradient(b, batch, true, fn, share);
+    all_reduce_gradients(comm_, b, model_.parameters());
+    s = global_stats(s, share);
     s.update = optimizer_update(b, optimizer_, model_.parameters(), options_.max_grad_norm, options_.schedule);
     return s;
   }
@@ -104,7 +124,8 @@ class reward_trainer {
     std::vector<ranked_responses> batch;
     const auto one_step = [&](std::size_t s) {
       batch.clear();
-      for (const std::size_t i : order.epoch_batch(run.batch_size, s)) batch.push_back(train[i]);
+      const std::vector<std::size_t> global = order.epoch_batch(run.batch_size, s);
+      for (const std::size_t i : shard(std::span<const std::size_t>(global), comm_)) batch.push_back(train[i]);
       const reward_step_stats st = step(b, batch);
       metrics_row row{{"epoch", static_cast<double>(s / per_epoch + 1)},
                       {"loss", st.loss},
@@ -124,11 +145,15 @@ class reward_trainer {
     return detail::run_training_loop(
         fn, run, "RM", total, one_step,
         [&](const std::filesystem::path& dir) { save_training_checkpoint(b, dir / "reward_model.safetensors", model_, optimizer_); },
-        [&](const std::filesystem::path& dir) { load_training_checkpoint(b, dir / "reward_model.safetensors", model_, optimizer_); });
+        [&](const std::filesystem::path& dir) { load_training_checkpoint(b, dir / "reward_model.safetensors", model_, optimizer_); },
+        detail::run_rank_of(comm_));
   }
 
   /// Loss and pairwise accuracy over `data` (inference mode, nothing recorded), weighted by compared pairs.
-  reward_step_stats evaluate(const B& b, std::span<const ranked_responses> data) {
+  /// With several ranks, `data` is the whole set on every rank; each rank evaluates its block and the
+  /// result is the whole set's, on every rank.
+  reward_step_stats evaluate(const B& b, std::span<const ranked_responses> all_data) {
+    const std::span<const ranked_responses> data = shard(all_data, comm_);
     reward_step_stats total;
     double loss_weight = 0;
     for (std::size_t first = 0; first < data.size(); first += options_.eval_batch_prompts) {
@@ -140,6 +165,13 @@ class reward_trainer {
       total.mean_margin += s.mean_margin * s.compared_pairs;
       total.compared_pairs += s.compared_pairs;
     }
+    const std::vector<double> sums = global_sums(
+        comm_, {total.loss, loss_weight, total.accuracy, total.mean_margin, total.compared_pairs});
+    total.loss = sums[0];
+    loss_weight = sums[1];
+    total.accuracy = sums[2];
+    total.mean_margin = sums[3];
+    total.compared_pairs = sums[4];
     if (loss_weight > 0) total.loss /= loss_weight;
     if (total.compared_pairs > 0) {
       total.accuracy /= total.compared_pairs;
@@ -173,9 +205,18 @@ class reward_trainer {
       detail::throw_argument_error("rlhf::reward_trainer::normalize_to_demonstrations", "demonstrations",
                                    "at least one demonstration", "none");
     }
-    const std::vector<double> s = score(b, demonstrations);
-    const auto dev = to_backend(b, s);
-    const double bias = demonstration_bias(b, as_const(dev.view().flat()));
+    double bias = 0;
+    if (comm_.size() == 1) {
+      const std::vector<double> s = score(b, demonstrations);
+      const auto dev = to_backend(b, s);
+      bias = demonstration_bias(b, as_const(dev.view().flat()));
+    } else {  // each rank scores its block; the mean is the whole set's
+      const std::vector<double> s = score(b, shard(demonstrations, comm_));
+      double sum = 0;
+      for (const double x : s) sum += x;
+      const std::vector<double> total = global_sums(comm_, {sum, static_cast<double>(s.size())});
+      bias = -(total[0] / total[1]);
+    }
     model_.add_to_bias(b, bias);
     return bias;
   }
@@ -184,11 +225,34 @@ class reward_trainer {
   R& model_;
   O& optimizer_;
   reward_trainer_options options_;
+  C comm_;
+  bool synced_ = false;
+
+  void sync_replicas(const B& b) {
+    if (synced_) return;
+    detail::broadcast_models(comm_, b, model_);
+    synced_ = true;
+  }
+
+  // A step's statistics over the union of the ranks' prompts: the loss weighted by each rank's share of
+  // the prompts, accuracy and margin by compared pairs. One rank: unchanged.
+  reward_step_stats global_stats(const reward_step_stats& s, double share) const {
+    if (comm_.size() == 1) return s;
+    const std::vector<double> sums = global_sums(
+        comm_, {s.loss * share, s.accuracy * s.compared_pairs, s.mean_margin * s.compared_pairs, s.compared_pairs});
+    reward_step_stats g;
+    g.loss = sums[0];
+    g.compared_pairs = sums[3];
+    g.accuracy = g.compared_pairs > 0 ? sums[1] / g.compared_pairs : 0.0;
+    g.mean_margin = g.compared_pairs > 0 ? sums[2] / g.compared_pairs : 0.0;
+    return g;
+  }
 
   // Scores every response of the batch in one forward, applies the ranking loss, and (training) runs
   // the backward.
+  // `gradient_scale` multiplies the gradient (a rank's share of the union's prompts).
   reward_step_stats loss_and_gradient(const B& b, std::span<const ranked_responses> batch, bool training,
-                                      std::string_view fn) {
+                                      std::string_view fn, double gradient_scale = 1.0) {
     std::vector<prompt_response> rows;
     std::size_t k_max = 0;
     for (std::size_t p = 0; p < batch.size(); ++p) {
@@ -231,7 +295,9 @@ class reward_trainer {
       const std::vector<T> d = to_host(b, d_rewards.view());
       std::vector<T> d_flat(host.rows);
       for (std::size_t p = 0, i = 0; p < P; ++p)
-        for (std::size_t k = 0; k < batch[p].responses.size(); ++k, ++i) d_flat[i] = d[p * k_max + k];
+        for (std::size_t k = 0; k < batch[p].responses.size(); ++k, ++i) {
+          d_flat[i] = gradient_scale == 1.0 ? d[p * k_max + k] : static_cast<T>(gradient_scale * static_cast<double>(d[p * k_max + k]));
+        }
       const auto d_scores = to_backend(b, d_flat);
       model_.scores_backward(b, as_const(d_scores.view().flat()));
     }

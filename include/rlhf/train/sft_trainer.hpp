@@ -17,9 +17,13 @@
 #include <vector>
 
 #include "rlhf/backends/memory.hpp"
+#include "rlhf/dist/global_statistics.hpp"
+#include "rlhf/dist/shard.hpp"
+#include "rlhf/dist/single_process.hpp"
 #include "rlhf/losses/loss_aggregation.hpp"
 #include "rlhf/losses/sft_loss.hpp"
 #include "rlhf/models/concepts.hpp"
+#include "rlhf/train/data_parallel.hpp"
 #include "rlhf/train/optimizer_update.hpp"
 #include "rlhf/train/token_batch.hpp"
 #include "rlhf/train/training_checkpoint.hpp"
@@ -55,7 +59,11 @@ struct sft_eval_stats {
 /// Supervised fine-tuning of a policy.
 /// @tparam P an rlhf::policy (its backend_type is the trainer's backend B)
 /// @tparam O an rlhf::optimizer over B and P::value_type
-template <class P, class O>
+/// @tparam C an rlhf::communicator (default rlhf::single_process). With N ranks, step() takes this rank's
+///         rows and every rank ends the step with the parameters one process would have after a step on
+///         the union of the ranks' rows; fit() and evaluate() take the whole data (the same on every rank)
+///         and each rank works on its block (rlhf::shard_of).
+template <class P, class O, class C = single_process>
 class sft_trainer {
  public:
   using B = typename P::backend_type;
@@ -63,35 +71,52 @@ class sft_trainer {
 
   /// @param policy the model to train (kept by reference)
   /// @param optimizer its optimizer (kept by reference)
-  sft_trainer(P& policy, O& optimizer, sft_options options = {})
-      : policy_(policy), optimizer_(optimizer), options_(std::move(options)) {
+  /// @param comm the ranks training together (rank 0's parameters are broadcast at the first step)
+  sft_trainer(P& policy, O& optimizer, sft_options options = {}, C comm = {})
+      : policy_(policy), optimizer_(optimizer), options_(std::move(options)), comm_(std::move(comm)) {
     detail::check_policy<P>();
     detail::check_optimizer<O, B, T>();
+    detail::check_communicator<C, B>();
     detail::check_positive("rlhf::sft_trainer", "options.eval_batch_size", static_cast<double>(options_.eval_batch_size));
   }
 
   const sft_options& options() const { return options_; }
 
-  /// One optimizer step on a batch of demonstrations.
-  /// @throws rlhf::invalid_argument on an empty batch or a row the policy rejects
+  /// One optimizer step on a batch of demonstrations (with several ranks: this rank's rows, which may be
+  /// none as long as some rank has rows; the statistics are those of the union).
+  /// @throws rlhf::invalid_argument on an empty batch (on every rank) or a row the policy rejects
   sft_step_stats step(const B& b, std::span<const prompt_response> batch) {
     constexpr std::string_view fn = "rlhf::sft_trainer::step";
-    if (batch.empty()) detail::throw_argument_error(fn, "batch", "at least one demonstration", "none");
-    const token_batch host = make_token_batch(batch, options_.max_length, fn);
-    const auto dev = upload(b, host);
-    auto logp = allocate<T>(b, host.rows, host.cols), d_logp = allocate<T>(b, host.rows, host.cols);
+    if (batch.empty() && comm_.size() == 1) detail::throw_argument_error(fn, "batch", "at least one demonstration", "none");
+    sync_replicas(b);
     policy_.zero_grad(b);
-    policy_.log_probs(b, dev.tokens_view(), dev.lengths_view(), logp.view(), backend_matrix<B, T>{},
-                      forward_mode::training);
-    const sft_loss_stats l = sft_loss(b, as_const(logp.view()), dev.mask_view(), d_logp.view(), options_.aggregation);
-    policy_.log_probs_backward(b, as_const(d_logp.view()), backend_matrix<B, const T>{});
+    sft_loss_stats l{};
+    if (!batch.empty()) {
+      const token_batch host = make_token_batch(batch, options_.max_length, fn);
+      // Global counts: each rank's loss and gradient are its share of the union's token mean.
+      const aggregation_counts mine = count_valid(host.mask, host.rows, host.cols);
+      const std::vector<double> all = global_sums(comm_, {mine.tokens, mine.sequences, double(host.rows)});
+      const auto dev = upload(b, host);
+      auto logp = allocate<T>(b, host.rows, host.cols), d_logp = allocate<T>(b, host.rows, host.cols);
+      policy_.log_probs(b, dev.tokens_view(), dev.lengths_view(), logp.view(), backend_matrix<B, T>{},
+                        forward_mode::training);
+      l = sft_loss(b, as_const(logp.view()), dev.mask_view(), d_logp.view(), comm_.size() == 1 ? options_.aggregation : with_global_counts(options_.aggregation, {all[0], all[1]}));
+      policy_.log_probs_backward(b, as_const(d_logp.view()), backend_matrix<B, const T>{});
+    } else if (global_sums(comm_, {0.0, 0.0, 0.0})[2] == 0) {
+      detail::throw_argument_error(fn, "batch", "at least one demonstration on some rank", "none on every rank");
+    }
+    all_reduce_gradients(comm_, b, policy_.parameters());
     sft_step_stats s;
-    s.loss = l.loss;
-    s.nll = l.nll;
-    s.tokens = l.token_count;
+    const std::vector<double> sums = global_sums(comm_, {l.loss, l.nll * l.token_count, l.token_count});
+    s.loss = sums[0];
+    s.tokens = sums[2];
+    s.nll = comm_.size() == 1 ? l.nll : (sums[2] > 0 ? sums[1] / sums[2] : 0.0);
     s.update = optimizer_update(b, optimizer_, policy_.parameters(), options_.max_grad_norm, options_.schedule);
     return s;
   }
+
+  /// The ranks this trainer spans.
+  const C& communicator() const { return comm_; }
 
   /// Trains for run.epochs passes over `train` in batches of run.batch_size demonstrations (each epoch
   /// in its own seeded order), writing per-step metrics (step, epoch, loss, nll, tokens, grad_norm,
@@ -110,7 +135,8 @@ class sft_trainer {
     std::vector<prompt_response> batch;
     const auto one_step = [&](std::size_t s) {
       batch.clear();
-      for (const std::size_t i : order.epoch_batch(run.batch_size, s)) batch.push_back(train[i]);
+      const std::vector<std::size_t> global = order.epoch_batch(run.batch_size, s);
+      for (const std::size_t i : shard(std::span<const std::size_t>(global), comm_)) batch.push_back(train[i]);
       const sft_step_stats st = step(b, batch);
       metrics_row row{{"epoch", static_cast<double>(s / per_epoch + 1)},
                       {"loss", st.loss},
@@ -126,11 +152,15 @@ class sft_trainer {
     return detail::run_training_loop(
         fn, run, "SFT", total, one_step,
         [&](const std::filesystem::path& dir) { save_training_checkpoint(b, dir / "policy.safetensors", policy_, optimizer_); },
-        [&](const std::filesystem::path& dir) { load_training_checkpoint(b, dir / "policy.safetensors", policy_, optimizer_); });
+        [&](const std::filesystem::path& dir) { load_training_checkpoint(b, dir / "policy.safetensors", policy_, optimizer_); },
+        detail::run_rank_of(comm_));
   }
 
-  /// Mean negative log-likelihood per response token over `data` (inference mode, nothing recorded).
-  sft_eval_stats evaluate(const B& b, std::span<const prompt_response> data) {
+  /// Mean negative log-likelihood per response token over `data` (inference mode, nothing recorded). With
+  /// several ranks, `data` is the whole set on every rank: each rank evaluates its block and the result
+  /// is the whole set's, on every rank.
+  sft_eval_stats evaluate(const B& b, std::span<const prompt_response> all_data) {
+    const std::span<const prompt_response> data = shard(all_data, comm_);
     double nll_sum = 0, tokens = 0;
     for (std::size_t first = 0; first < data.size(); first += options_.eval_batch_size) {
       const auto part = data.subspan(first, std::min(options_.eval_batch_size, data.size() - first));
@@ -143,6 +173,9 @@ class sft_trainer {
       nll_sum += l.nll * l.token_count;
       tokens += l.token_count;
     }
+    const std::vector<double> sums = global_sums(comm_, {nll_sum, tokens});
+    nll_sum = sums[0];
+    tokens = sums[1];
     sft_eval_stats e;
     e.tokens = tokens;
     e.nll = tokens > 0 ? nll_sum / tokens : 0.0;
@@ -151,9 +184,17 @@ class sft_trainer {
   }
 
  private:
+  void sync_replicas(const B& b) {
+    if (synced_) return;
+    detail::broadcast_models(comm_, b, policy_);
+    synced_ = true;
+  }
+
   P& policy_;
   O& optimizer_;
   sft_options options_;
+  C comm_;
+  bool synced_ = false;
 };
 
 }  // namespace rlhf

@@ -219,10 +219,19 @@ inline std::string status_text(const metrics_row& row, std::size_t fields) {
 /// @param step runs step s and returns its metrics ("step" is prepended here)
 /// @param save writes the trainer's state into a directory
 /// @param load restores it from a directory
+/// A rank's part in the run loop of a data-parallel job: only the writer (rank 0) writes metrics,
+/// progress and checkpoints; every rank resumes from the same checkpoint; `barrier` (when set) runs after
+/// each checkpoint so that no rank goes on (and could fail and resume) before the checkpoint is whole.
+struct run_rank {
+  bool writer = true;
+  std::function<void()> barrier;
+};
+
 inline run_result run_training_loop(std::string_view fn, const run_options& run, std::string_view default_label,
                                     std::size_t total, const std::function<metrics_row(std::size_t)>& step,
                                     const std::function<void(const std::filesystem::path&)>& save,
-                                    const std::function<void(const std::filesystem::path&)>& load) {
+                                    const std::function<void(const std::filesystem::path&)>& load,
+                                    const run_rank& rank = {}) {
   run_result r;
   r.total_steps = total;
   const bool checkpoints = !run.checkpoint_dir.empty();
@@ -240,13 +249,17 @@ inline run_result run_training_loop(std::string_view fn, const run_options& run,
       r.resumed_from = held;
     }
   }
+  const auto checkpoint = [&](std::size_t step_count) {
+    if (rank.writer) write_checkpoint(fn, run.checkpoint_dir, step_count, total, save);
+    if (rank.barrier) rank.barrier();
+  };
   std::optional<metrics_log> log;
-  if (!run.metrics_path.empty()) {
+  if (!run.metrics_path.empty() && rank.writer) {
     if (r.resumed_from > 0) keep_first_metrics_rows(fn, run.metrics_path, r.resumed_from);
     log.emplace(run.metrics_path, r.resumed_from > 0);
   }
   std::optional<progress> bar;
-  if (run.show_progress) {
+  if (run.show_progress && rank.writer) {
     bar.emplace(run.label.empty() ? std::string(default_label) : run.label, total);
     if (r.resumed_from > 0) bar->update(r.resumed_from, "resumed");
   }
@@ -259,11 +272,11 @@ inline run_result run_training_loop(std::string_view fn, const run_options& run,
     if (bar) bar->update(s + 1, status_text(row, 3));
     r.history.push_back(std::move(row));
     if (checkpoints && run.checkpoint_every != 0 && (s + 1) % run.checkpoint_every == 0) {
-      write_checkpoint(fn, run.checkpoint_dir, s + 1, total, save);
+      checkpoint(s + 1);
       saved = s + 1;
     }
   }
-  if (checkpoints && run.checkpoint_at_end && saved != s) write_checkpoint(fn, run.checkpoint_dir, s, total, save);
+  if (checkpoints && run.checkpoint_at_end && saved != s) checkpoint(s);
   if (bar) bar->finish();
   r.steps_done = s;
   r.finished = s == total;
