@@ -1,13 +1,17 @@
 // Bucketed gradient all-reduce: whatever the bucket size, every gradient element is reduced exactly once
 // (against replicas holding the same gradient, a sum over 3 ranks triples each element; an element
 // reduced twice or never shows), small gradients share collectives, large ones go in place; broadcast
-// of parameters visits every tensor; one rank does nothing; a zero bucket is an error.
+// of parameters visits every tensor; gradients adjacent in one buffer (a llama_model's) are one in-place
+// region; one rank does nothing; a zero bucket is an error.
 #include "rlhf/dist/gradient_all_reduce.hpp"
 
+#include <algorithm>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "dist/simulated_ranks.hpp"
+#include "rlhf/models/llama.hpp"
 #include "rlhf/dist/single_process.hpp"
 #include "test_support.hpp"
 
@@ -54,6 +58,82 @@ TEMPLATE_LIST_TEST_CASE("all_reduce_gradients: every element reduced exactly onc
     CHECK(st.collectives == comm.log->all_reduces);
     CHECK(st.collectives <= params.size());
   }
+}
+
+TEMPLATE_LIST_TEST_CASE("all_reduce_gradients: gradients adjacent in one buffer are reduced in place as one region",
+                        "[dist][gradients]", all_configs) {
+  using B = typename TestType::backend;
+  using T = typename TestType::value;
+  using S = typename B::memory_space;
+  const B b = TestType::make();
+  std::mt19937_64 g(9);
+  std::uniform_int_distribution<std::size_t> dim(0, 6);
+  for (int trial = 0; trial < 10; ++trial) {
+    // An arena holding tensors 0..4 back to back (some empty), then a separate tensor, then 2 more in a
+    // second arena: 3 regions.
+    std::vector<std::size_t> sizes;
+    for (int p = 0; p < 7; ++p) sizes.push_back(dim(g) * (p == 2 ? 0 : 1));
+    sizes[5] = 1 + sizes[5];  // the separate tensor is never empty
+    std::vector<T> first_host, second_host;
+    for (int p = 0; p < 5; ++p)
+      for (std::size_t k = 0; k < sizes[p]; ++k) first_host.push_back(static_cast<T>(first_host.size() + 1));
+    for (int p = 6; p < 7; ++p)
+      for (std::size_t k = 0; k < sizes[p] + 3; ++k) second_host.push_back(static_cast<T>(100 + second_host.size()));
+    auto first = to_backend(b, std::span<const T>(first_host), 1, first_host.size());
+    auto second = to_backend(b, std::span<const T>(second_host), 1, second_host.size());
+    std::vector<T> lone_host(sizes[5], T(7));
+    auto lone = to_backend(b, std::span<const T>(lone_host), 1, lone_host.size());
+    auto values = allocate<T>(b, 1, 1);
+    parameter_list<T, S> params;
+    std::size_t offset = 0;
+    for (int p = 0; p < 5; ++p) {
+      params.push_back({"a" + std::to_string(p), values.view(), matrix_view<T, S>{first.view().data + offset, 1, sizes[p]}});
+      offset += sizes[p];
+    }
+    params.push_back({"lone", values.view(), lone.view()});
+    const std::size_t half = second_host.size() / 2;
+    params.push_back({"b0", values.view(), matrix_view<T, S>{second.view().data, 1, half}});
+    params.push_back({"b1", values.view(), matrix_view<T, S>{second.view().data + half, 1, second_host.size() - half}});
+    simulated_ranks comm;
+    const gradient_all_reduce_stats st = all_reduce_gradients(comm, b, params);
+    INFO("trial " << trial << ", first arena " << first_host.size() << " elements");
+    for (auto& v : first_host) v *= T(2);
+    for (auto& v : second_host) v *= T(2);
+    for (auto& v : lone_host) v *= T(2);
+    CHECK(to_host(b, first.view().flat()) == first_host);
+    CHECK(to_host(b, second.view().flat()) == second_host);
+    CHECK(to_host(b, lone.view().flat()) == lone_host);
+    CHECK(st.elements == first_host.size() + second_host.size() + lone_host.size());
+    CHECK(st.packed_elements == lone_host.size() + (std::count_if(sizes.begin(), sizes.begin() + 5, [](std::size_t n) { return n > 0; }) == 1
+                                                        ? first_host.size()
+                                                        : 0));  // a run of one tensor is a lone tensor
+    CHECK(st.collectives == comm.log->all_reduces);
+  }
+}
+
+TEMPLATE_LIST_TEST_CASE("all_reduce_gradients: a llama_model's gradients are one region (no copies)",
+                        "[dist][gradients]", all_configs) {
+  using B = typename TestType::backend;
+  using T = typename TestType::value;
+  const B b = TestType::make();
+  llama_config c;
+  c.dim = 8;
+  c.hidden_dim = 12;
+  c.n_layers = 2;
+  c.n_heads = 2;
+  c.n_kv_heads = 1;
+  c.vocab_size = 11;
+  c.seq_len = 8;
+  llama_model<B, T> model(b, c);
+  for (const auto& p : model.parameters()) b.fill(p.grad.flat(), T(1.5));
+  simulated_ranks comm;
+  const gradient_all_reduce_stats st = all_reduce_gradients(comm, b, model.parameters());
+  CHECK(st.collectives == 1);
+  CHECK(st.packed_elements == 0);
+  CHECK(st.elements == parameter_count(model.parameters()));
+  for (const auto& p : model.parameters()) CHECK(to_host(b, p.grad.flat()) == std::vector<T>(p.grad.size(), T(3)));
+  model.zero_grad(b);
+  for (const auto& p : model.parameters()) CHECK(to_host(b, p.grad.flat()) == std::vector<T>(p.grad.size(), T(0)));
 }
 
 TEMPLATE_LIST_TEST_CASE("all_reduce_gradients: small tensors share one collective; one rank and broadcast",

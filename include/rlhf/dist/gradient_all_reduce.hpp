@@ -5,8 +5,10 @@
 /// With the losses normalized by global counts (rlhf::global_aggregation), each rank's gradient is its
 /// share of the whole batch's, so the sum over ranks is the whole batch's gradient; after the all-reduce
 /// every rank holds it, clips it to the same norm and takes the same optimizer step, and the replicas
-/// stay equal. Small gradients are packed into buckets of `bucket_bytes` so that a model of many small
-/// tensors (norm weights, biases) costs a few collectives, not one per tensor; a gradient at least as
+/// stay equal. Gradients adjacent in memory (a model that keeps all its gradients in one buffer, as
+/// rlhf::llama_model does) are reduced in place as one region, without copies; other gradients smaller
+/// than a bucket are packed into buckets of `bucket_bytes`, so a model of many separate small tensors
+/// (norm weights, biases) costs a few collectives, not one per tensor; a separate gradient at least as
 /// large as a bucket is reduced in place.
 #pragma once
 
@@ -33,10 +35,12 @@ struct gradient_all_reduce_options {
 struct gradient_all_reduce_stats {
   std::size_t collectives = 0;  ///< all_reduce calls made
   std::size_t elements = 0;     ///< gradient elements reduced
+  std::size_t packed_elements = 0;  ///< of which copied through a bucket (the rest were reduced in place)
 };
 
 /// Sums every parameter's gradient over the ranks, in place (reduce_op::sum), in the order of `params`
-/// (which every rank must list identically, as a model of the same configuration does). One rank: no-op.
+/// (which every rank must list identically, as a model of the same configuration does, with the same
+/// layout in memory). One rank: no-op.
 /// @tparam C an rlhf::communicator for B
 /// @throws rlhf::invalid_argument when options.bucket_bytes is 0
 template <class C, class B, class T>
@@ -66,12 +70,24 @@ gradient_all_reduce_stats all_reduce_gradients(const C& comm, const B& b,
     packed.clear();
     used = 0;
   };
-  for (const auto& p : params) {
-    const std::size_t n = p.grad.size();
+  // A run of gradients adjacent in memory (a model that keeps its gradients in one buffer, as
+  // rlhf::llama_model does) is one region, reduced in place without copies; a lone gradient smaller than
+  // a bucket is packed with others.
+  for (std::size_t i = 0; i < params.size();) {
+    T* const start = params[i].grad.data;
+    std::size_t n = params[i].grad.size(), j = i + 1, tensors = 1;
+    for (; j < params.size(); ++j) {
+      const std::size_t m = params[j].grad.size();
+      if (m == 0) continue;
+      if (n == 0 || start + n != params[j].grad.data) break;
+      n += m;
+      ++tensors;
+    }
+    i = j;
     if (n == 0) continue;
     stats.elements += n;
-    if (n >= capacity) {  // large: in place, no copies
-      comm.all_reduce(b, p.grad, reduce_op::sum);
+    if (tensors > 1 || n >= capacity) {  // in place, no copies
+      comm.all_reduce(b, matrix_view<T, S>{start, 1, n}, reduce_op::sum);
       ++stats.collectives;
       continue;
     }
@@ -81,9 +97,10 @@ gradient_all_reduce_stats all_reduce_gradients(const C& comm, const B& b,
       allocated = true;
     }
     const matrix_view<T, S> whole = bucket.view();
-    b.copy(vector_view<const T, S>{p.grad.data, n}, vector_view<T, S>{whole.data + used, n});
-    packed.emplace_back(p.grad, used);
+    b.copy(vector_view<const T, S>{start, n}, vector_view<T, S>{whole.data + used, n});
+    packed.emplace_back(matrix_view<T, S>{start, 1, n}, used);
     used += n;
+    stats.packed_elements += n;
   }
   flush();
   return stats;

@@ -26,6 +26,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -340,10 +341,11 @@ class llama_model {
   /// @param with_classifier false makes a trunk without the "output" classifier (a reward or value
   ///        model's body); with a shared classifier the embedding is always kept
   llama_model(const B& b, const llama_config& config, bool with_classifier = true)
-      : config_(config), has_classifier_(with_classifier) {
+      : config_(validated(config)),
+        grad_arena_(allocate_filled<T>(b, 1, parameter_elements(config, with_classifier), T(0))),
+        has_classifier_(with_classifier) {
     detail::check_scan_backend<B>();
     detail::check_blas_backend<B>();
-    config.validate("rlhf::llama_model");
     const std::size_t D = config.dim, F = config.hidden_dim, V = config.vocab_size, kv = config.kv_dim();
     add(b, "tok_embeddings", V, D, T(0));
     for (std::size_t l = 0; l < config.n_layers; ++l) {
@@ -355,6 +357,9 @@ class llama_model {
     }
     add(b, "norm", 1, D, T(1));
     if (!config.shared_classifier && with_classifier) add(b, "output", V, D, T(0));
+    if (grad_elements_ != parameter_elements(config, with_classifier)) {
+      throw std::logic_error("rlhf::llama_model: parameter_elements disagrees with the tensors added");
+    }
   }
 
   /// The configuration.
@@ -379,13 +384,13 @@ class llama_model {
   /// The parameters and their gradient buffers, in the fixed order of the class comment.
   parameter_list<T, space_type> parameters() {
     parameter_list<T, space_type> list;
-    for (auto& t : tensors_) list.push_back({t.name, t.value.view(), t.grad.view()});
+    for (std::size_t i = 0; i < tensors_.size(); ++i) list.push_back({tensors_[i].name, tensors_[i].value.view(), grad(i)});
     return list;
   }
 
   /// Sets every gradient to zero.
   void zero_grad(const B& b) {
-    for (auto& t : tensors_) b.fill(t.grad.view().flat(), T(0));
+    b.fill(grad_arena_.view().flat(), T(0));
   }
 
   /// Copies every parameter of `source` that this model also has (same name; the shapes must agree),
@@ -827,10 +832,16 @@ class llama_model {
  private:
   struct tensor {
     std::string name;
-    buffer_t<B, T> value, grad;
+    buffer_t<B, T> value;
+    std::size_t grad_offset = 0;  // where its gradient starts in grad_arena_ (an offset, not a pointer:
+                                  // copies and moves of the model stay valid)
   };
   llama_config config_;
   std::vector<tensor> tensors_;
+  // Every gradient in one buffer, in parameter order: zero_grad is one fill, and a data-parallel
+  // all-reduce finds the gradients adjacent and reduces them in place (rlhf::all_reduce_gradients).
+  buffer_t<B, T> grad_arena_;
+  std::size_t grad_elements_ = 0;  // assigned so far by add()
 
   bool has_classifier_ = true;
   llama_activations<B, T> lm_act_;            // the latest training pass of log_probs
@@ -898,8 +909,20 @@ class llama_model {
     }
   }
 
+  static const llama_config& validated(const llama_config& c) {
+    c.validate("rlhf::llama_model");
+    return c;
+  }
+  // Elements of every parameter of a model of configuration c (the tensors the constructor adds).
+  static std::size_t parameter_elements(const llama_config& c, bool with_classifier) {
+    const std::size_t D = c.dim, F = c.hidden_dim, V = c.vocab_size, kv = c.kv_dim();
+    const std::size_t per_layer = 2 * D + 2 * D * D + 2 * kv * D + 3 * F * D;
+    return V * D + c.n_layers * per_layer + D + (!c.shared_classifier && with_classifier ? V * D : 0);
+  }
+
   void add(const B& b, std::string name, std::size_t rows, std::size_t cols, T init) {
-    tensors_.push_back({std::move(name), allocate_filled<T>(b, rows, cols, init), allocate_filled<T>(b, rows, cols, T(0))});
+    tensors_.push_back({std::move(name), allocate_filled<T>(b, rows, cols, init), grad_elements_});
+    grad_elements_ += rows * cols;
   }
 
   template <class Buf>
@@ -913,7 +936,10 @@ class llama_model {
   std::size_t classifier_index() const { return config_.shared_classifier ? 0 : 2 + 9 * config_.n_layers; }
   backend_matrix<B, const T> final_norm() { return cview(final_norm_index()); }
   backend_matrix<B, const T> classifier() { return cview(classifier_index()); }
-  backend_matrix<B, T> grad(std::size_t index) { return tensors_[index].grad.view(); }
+  backend_matrix<B, T> grad(std::size_t index) {
+    const backend_matrix<B, T> v = tensors_[index].value.view();
+    return {grad_arena_.view().data + tensors_[index].grad_offset, v.rows, v.cols};
+  }
   backend_matrix<B, T> layer_grad(std::size_t l, std::size_t k) { return grad(1 + 9 * l + k); }
 
 };
