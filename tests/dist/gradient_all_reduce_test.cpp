@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "dist/simulated_ranks.hpp"
+#include "models/model_test_support.hpp"
 #include "rlhf/models/llama.hpp"
 #include "rlhf/dist/single_process.hpp"
 #include "test_support.hpp"
@@ -116,15 +117,7 @@ TEMPLATE_LIST_TEST_CASE("all_reduce_gradients: a llama_model's gradients are one
   using B = typename TestType::backend;
   using T = typename TestType::value;
   const B b = TestType::make();
-  llama_config c;
-  c.dim = 8;
-  c.hidden_dim = 12;
-  c.n_layers = 2;
-  c.n_heads = 2;
-  c.n_kv_heads = 1;
-  c.vocab_size = 11;
-  c.seq_len = 8;
-  llama_model<B, T> model(b, c);
+  llama_model<B, T> model(b, tiny_llama_config(false));
   for (const auto& p : model.parameters()) b.fill(p.grad.flat(), T(1.5));
   simulated_ranks comm;
   const gradient_all_reduce_stats st = all_reduce_gradients(comm, b, model.parameters());

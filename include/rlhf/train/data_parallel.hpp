@@ -27,11 +27,21 @@ run_rank run_rank_of(const C& comm) {
   return r;
 }
 
-/// Makes every rank's models equal to rank 0's (parameter values), once: replicas built from the same
-/// checkpoint are already equal, replicas initialized at random are not.
-template <class C, class B, class... M>
-void broadcast_models(const C& comm, const B& b, M&... models) {
-  (broadcast_parameters(comm, b, models.parameters()), ...);
-}
+/// Makes every rank's models equal to rank 0's (parameter values) once, at a trainer's first step:
+/// replicas built from the same checkpoint are already equal, replicas initialized at random are not.
+class replicas_in_sync {
+ public:
+  template <class C, class B, class... M>
+  void ensure(const C& comm, const B& b, M&... models) {
+    if (done_) return;
+    (broadcast_parameters(comm, b, models.parameters()), ...);
+    done_ = true;
+  }
+  /// Every rank loaded the same weights (a checkpoint): nothing to broadcast.
+  void mark_equal() { done_ = true; }
+
+ private:
+  bool done_ = false;
+};
 
 }  // namespace rlhf::detail

@@ -299,7 +299,7 @@ class ppo_trainer {
   /// several ranks, every rank reads the same files.
   void load_state(const B& b, const std::filesystem::path& dir) {
     read_state(b, dir);
-    synced_ = true;  // every replica read the same weights
+    replicas_.mark_equal();  // every replica read the same weights
   }
 
  private:
@@ -356,7 +356,7 @@ class ppo_trainer {
       const std::vector<double> counts = comm_.all_gather(std::span<const double>(&mine, 1));
       for (std::size_t r = 0; r < comm_.rank(); ++r) o.first_row += static_cast<std::uint64_t>(counts[r]);
     }
-    sync_replicas(b);
+    replicas_.ensure(comm_, b, policy_, reference_, value_, reward_);
     if (prompts.empty()) return {};
     const auto seqs = policy_.generate(b, prompts, options_.max_new_tokens, o);
     ppo_rollout r;
@@ -438,9 +438,13 @@ class ppo_trainer {
                                        std::to_string(rollout.prompts.size()) + " prompts");
     }
     const std::size_t rows = rollout.prompts.size();
-    const double global_rows = global_sum(comm_, static_cast<double>(rows));
+    // Every rank's row count, once: the union's rows and the largest rank's (the minibatch count below).
+    const double mine = static_cast<double>(rows);
+    const std::vector<double> rank_rows = comm_.all_gather(std::span<const double>(&mine, 1));
+    const double global_rows = std::accumulate(rank_rows.begin(), rank_rows.end(), 0.0);
+    const double most_rows = *std::max_element(rank_rows.begin(), rank_rows.end());
     if (global_rows == 0) detail::throw_argument_error(fn, "rollout", "rows on some rank", "none on every rank");
-    sync_replicas(b);
+    replicas_.ensure(comm_, b, policy_, reference_, value_, reward_);
     ppo_iteration_stats stats;
     stats.iteration = iteration_;
     stats.beta = beta();
@@ -515,7 +519,7 @@ class ppo_trainer {
     std::iota(order.begin(), order.end(), std::size_t(0));
     // Every rank makes the same number of updates: a rank with fewer rows has empty minibatches.
     const std::size_t mb_count = std::max<std::size_t>(
-        1, std::min(options_.minibatches, static_cast<std::size_t>(global_max(comm_, static_cast<double>(rows)))));
+        1, std::min(options_.minibatches, static_cast<std::size_t>(most_rows)));
     bool stop = false;
     for (std::size_t epoch = 0; epoch < options_.ppo_epochs && !stop; ++epoch) {
       shuffle_rows(order, epoch);
@@ -567,12 +571,6 @@ class ppo_trainer {
                       static_cast<std::uint32_t>(comm_.rank())};
     std::mt19937_64 g(seq);
     std::shuffle(order.begin(), order.end(), g);
-  }
-
-  void sync_replicas(const B& b) {
-    if (synced_) return;
-    detail::broadcast_models(comm_, b, policy_, reference_, value_, reward_);
-    synced_ = true;
   }
 
   // The aggregation of a loss over this rank's rows with the union's counts (one rank: unchanged).
@@ -715,7 +713,7 @@ class ppo_trainer {
   std::mt19937_64 rng_;
   std::size_t iteration_ = 0;
   C comm_;
-  bool synced_ = false;
+  detail::replicas_in_sync replicas_;
 };
 
 }  // namespace rlhf

@@ -93,7 +93,7 @@ class reward_trainer {
   reward_step_stats step(const B& b, std::span<const ranked_responses> batch) {
     constexpr std::string_view fn = "rlhf::reward_trainer::step";
     if (batch.empty() && comm_.size() == 1) detail::throw_argument_error(fn, "batch", "at least one ranked prompt", "none");
-    sync_replicas(b);
+    replicas_.ensure(comm_, b, model_);
     model_.zero_grad(b);
     // The loss is a mean over prompts: each rank's gradient is scaled by its share of the union's prompts.
     const double prompts = global_sum(comm_, static_cast<double>(batch.size()));
@@ -226,13 +226,7 @@ class reward_trainer {
   O& optimizer_;
   reward_trainer_options options_;
   C comm_;
-  bool synced_ = false;
-
-  void sync_replicas(const B& b) {
-    if (synced_) return;
-    detail::broadcast_models(comm_, b, model_);
-    synced_ = true;
-  }
+  detail::replicas_in_sync replicas_;
 
   // A step's statistics over the union of the ranks' prompts: the loss weighted by each rank's share of
   // the prompts, accuracy and margin by compared pairs. One rank: unchanged.

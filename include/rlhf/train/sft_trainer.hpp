@@ -88,7 +88,7 @@ class sft_trainer {
   sft_step_stats step(const B& b, std::span<const prompt_response> batch) {
     constexpr std::string_view fn = "rlhf::sft_trainer::step";
     if (batch.empty() && comm_.size() == 1) detail::throw_argument_error(fn, "batch", "at least one demonstration", "none");
-    sync_replicas(b);
+    replicas_.ensure(comm_, b, policy_);
     policy_.zero_grad(b);
     sft_loss_stats l{};
     if (!batch.empty()) {
@@ -184,17 +184,11 @@ class sft_trainer {
   }
 
  private:
-  void sync_replicas(const B& b) {
-    if (synced_) return;
-    detail::broadcast_models(comm_, b, policy_);
-    synced_ = true;
-  }
-
   P& policy_;
   O& optimizer_;
   sft_options options_;
   C comm_;
-  bool synced_ = false;
+  detail::replicas_in_sync replicas_;
 };
 
 }  // namespace rlhf
