@@ -56,7 +56,7 @@ TEMPLATE_LIST_TEST_CASE("llama_reward_model::scores: the head applied to the hid
   CHECK(to_host(b, scores2.view().flat()) == to_host(b, scores.view().flat()));
 }
 
-TEMPLATE_LIST_TEST_CASE("llama_reward_model::scores_backward: every parameter's gradient matches finite differences",
+TEMPLATE_LIST_TEST_CASE("llama_reward_model::scores_backward: every parameter's gradient matches finite differences; ready reports",
                         "[models][reward_model][gradient]", double_configs) {
   using B = typename TestType::backend;
   using T = typename TestType::value;
@@ -85,6 +85,10 @@ TEMPLATE_LIST_TEST_CASE("llama_reward_model::scores_backward: every parameter's 
     rm.scores_backward(b, as_const(d_scores.view().flat()));
   };
   check_parameter_gradients<B, T>(b, rm.parameters(), loss, backward);
+  // Ready reports: the head (the last two parameters) first, then the trunk from the top.
+  std::vector<std::size_t> expected{rm.trunk().tensor_count(), rm.trunk().tensor_count() + 1};
+  for (const std::size_t k : llama_backward_report_order(c)) expected.push_back(k);
+  CHECK(check_gradient_reports(b, rm, backward) == expected);
 }
 
 TEMPLATE_LIST_TEST_CASE("llama_reward_model: AdamW on the pairwise loss learns to rank the preferred response first",

@@ -96,7 +96,7 @@ TEMPLATE_LIST_TEST_CASE("llama_model::log_probs: temperature divides the logits;
   CHECK_THAT(to_host(b, lp.view()), close_to<T>(want_lp));
 }
 
-TEMPLATE_LIST_TEST_CASE("llama_model::log_probs_backward: every parameter's gradient matches finite differences",
+TEMPLATE_LIST_TEST_CASE("llama_model::log_probs_backward: every parameter's gradient matches finite differences; ready reports",
                         "[models][llama][training][gradient]", double_configs) {
   using B = typename TestType::backend;
   using T = typename TestType::value;
@@ -132,6 +132,11 @@ TEMPLATE_LIST_TEST_CASE("llama_model::log_probs_backward: every parameter's grad
       model.log_probs_backward(b, as_const(d_lp.view()), as_const(d_ent.view()));
     };
     check_parameter_gradients<B, T>(b, model.parameters(), loss, backward);
+    // Reports of ready gradients (for data-parallel overlap): the classifier (when separate) as soon as
+    // the logits' backward is done, then the trunk from the top; each once and final when reported.
+    std::vector<std::size_t> expected = llama_backward_report_order(c);
+    if (!shared) expected.insert(expected.begin(), 2 + 9 * c.n_layers);
+    CHECK(check_gradient_reports(b, model, backward) == expected);
   }
 }
 

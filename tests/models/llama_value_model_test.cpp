@@ -52,7 +52,7 @@ TEMPLATE_LIST_TEST_CASE("llama_value_model: value_model_from(rm) gives each acti
   }
 }
 
-TEMPLATE_LIST_TEST_CASE("llama_value_model::values_backward: gradients match finite differences, own or shared trunk",
+TEMPLATE_LIST_TEST_CASE("llama_value_model::values_backward: gradients match finite differences, own or shared trunk; ready reports",
                         "[models][value_model][gradient]", double_configs) {
   using B = typename TestType::backend;
   using T = typename TestType::value;
@@ -87,6 +87,13 @@ TEMPLATE_LIST_TEST_CASE("llama_value_model::values_backward: gradients match fin
     critic.trunk().copy_parameters_from(b, lm);
     critic.head().init_random(b, 6, 0.5);
     run(critic, critic.parameters());
+    // Ready reports: the head first, then the trunk from the top.
+    std::vector<std::size_t> expected{critic.trunk().tensor_count(), critic.trunk().tensor_count() + 1};
+    for (const std::size_t k : llama_backward_report_order(c)) expected.push_back(k);
+    CHECK(check_gradient_reports(b, critic, [&] {
+            critic.values(b, as_const(tokens.view()), as_const(lengths.view().flat()), values.view(), forward_mode::training);
+            critic.values_backward(b, as_const(d_values.view()));
+          }) == expected);
   }
   SECTION("trunk shared with the policy: the trunk gradient lands in the policy's buffers") {
     llama_model<B, T> policy(b, c);
@@ -97,6 +104,11 @@ TEMPLATE_LIST_TEST_CASE("llama_value_model::values_backward: gradients match fin
     auto all = policy.parameters();
     for (const auto& p : critic.parameters()) all.push_back(p);
     run(critic, all);
+    // Ready reports: only the head's (the shared trunk is the policy's, and the policy is not armed).
+    CHECK(check_gradient_reports(b, critic, [&] {
+            critic.values(b, as_const(tokens.view()), as_const(lengths.view().flat()), values.view(), forward_mode::training);
+            critic.values_backward(b, as_const(d_values.view()));
+          }) == std::vector<std::size_t>{0, 1});
   }
 }
 

@@ -67,4 +67,44 @@ void check_parameter_gradients(const B& b, parameter_list<T, typename B::memory_
   }
 }
 
+/// Runs `backward` (after zero_grad) with `model.on_gradients_ready` armed and checks the reports:
+/// ranges inside parameters(), no parameter twice, and each reported gradient already final when reported
+/// (equal then to its value after the whole backward). Returns the parameter indices in report order.
+template <class B, class M>
+std::vector<std::size_t> check_gradient_reports(const B& b, M& model, const std::function<void()>& backward) {
+  using T = typename M::value_type;
+  auto params = model.parameters();
+  std::vector<std::vector<T>> at_report(params.size());
+  std::vector<bool> seen(params.size(), false);
+  std::vector<std::size_t> order;
+  model.zero_grad(b);
+  model.on_gradients_ready([&](std::size_t first, std::size_t count) {
+    REQUIRE(first + count <= params.size());
+    for (std::size_t k = first; k < first + count; ++k) {
+      INFO("parameter " << params[k].name);
+      CHECK_FALSE(seen[k]);
+      seen[k] = true;
+      order.push_back(k);
+      at_report[k] = to_host(b, params[k].grad.flat());
+    }
+  });
+  backward();
+  model.on_gradients_ready({});
+  for (const std::size_t k : order) {
+    INFO("parameter " << params[k].name << " changed after it was reported ready");
+    CHECK(to_host(b, params[k].grad.flat()) == at_report[k]);
+  }
+  return order;
+}
+
+/// The report order of a llama_model trunk's backward: final norm, each layer's nine tensors from the
+/// last layer down, the embedding; `offset` shifts every index (a trunk inside a larger model).
+inline std::vector<std::size_t> llama_backward_report_order(const llama_config& c, std::size_t offset = 0) {
+  std::vector<std::size_t> order{offset + 1 + 9 * c.n_layers};
+  for (std::size_t l = c.n_layers; l-- > 0;)
+    for (std::size_t k = 0; k < 9; ++k) order.push_back(offset + 1 + 9 * l + k);
+  order.push_back(offset);
+  return order;
+}
+
 }  // namespace rlhf::test

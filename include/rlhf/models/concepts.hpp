@@ -22,11 +22,18 @@
 ///   training forward and its backward).
 /// - Backward calls add to the gradients of `parameters()`; `zero_grad(b)` clears them.
 /// - `parameters()` lists the trainable tensors (rlhf::parameter_list) for optimizers and checkpoints.
+///
+/// Optional (rlhf::reports_ready_gradients): `on_gradients_ready(callback)` makes the model call
+/// `callback(first, count)` during its backward passes as soon as the gradients of parameters
+/// [first, first + count) are final (no later write in that pass), so data-parallel training can start
+/// summing them over ranks while the backward goes on (rlhf::gradient_all_reducer).
 #pragma once
 
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <utility>
 #include <vector>
 
 #include "rlhf/backends/concepts.hpp"
@@ -41,6 +48,18 @@ enum class forward_mode {
   inference,  ///< nothing recorded (rollouts, reference log-probs, evaluation)
   training,   ///< activations recorded for the next backward
 };
+
+/// Called by a model's backward pass with a range [first, first + count) of `parameters()` whose
+/// gradients are final for that pass. An empty function: nobody listens.
+using gradient_ready_callback = std::function<void(std::size_t first, std::size_t count)>;
+
+/// A model that reports gradients as its backward pass finishes them (optional; see the file comment):
+/// after `m.on_gradients_ready(f)`, every backward pass calls `f(first, count)` once for each parameter
+/// whose gradient it touches, right after its last write to it, in the order the pass finishes them;
+/// `m.on_gradients_ready({})` stops the reports. The data-parallel trainers set it only around a step's
+/// last backward pass, whose gradients are final.
+template <class M>
+concept reports_ready_gradients = requires(M& m, gradient_ready_callback f) { m.on_gradients_ready(std::move(f)); };
 
 namespace detail {
 

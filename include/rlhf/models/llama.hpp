@@ -388,6 +388,9 @@ class llama_model {
     return list;
   }
 
+  /// The number of tensors parameters() lists.
+  std::size_t tensor_count() const { return tensors_.size(); }
+
   /// Sets every gradient to zero.
   void zero_grad(const B& b) {
     b.fill(grad_arena_.view().flat(), T(0));
@@ -416,6 +419,12 @@ class llama_model {
     for (const auto& [i, j] : pairs) b.copy(source.tensors_[j].value.view().flat(), tensors_[i].value.view().flat());
     return pairs.size();
   }
+
+  /// Reports ready gradients (rlhf::reports_ready_gradients): during backward passes, `f(first, count)`
+  /// for the classifier (unless shared with the embedding) once the logits' backward is done, the final
+  /// norm, each layer's nine tensors from the last layer down, and the embedding last. An empty function
+  /// stops the reports.
+  void on_gradients_ready(gradient_ready_callback f) { gradients_ready_ = std::move(f); }
 
   /// Whether the model has its language-model classifier (false for a reward or value model's trunk).
   bool has_classifier() const { return has_classifier_; }
@@ -546,6 +555,7 @@ class llama_model {
     const backend_vector<B, const std::int32_t> pos = as_const(act.positions_.view().flat());
     rms_norm_backward(b, as_const(act.x_final_.view()), final_norm().flat(), as_const(act.inv_rms_final_.view().flat()),
                       as_const(d_hidden), dx, grad(final_norm_index()).flat());
+    report_ready(final_norm_index(), 1);
     for (std::size_t l = c.n_layers; l-- > 0;) {
       auto& s = act.layers_[l];
       // Feed-forward block: x_out = x_mid + w2 (silu(w1 h) * (w3 h)), h = rms_norm(x_mid) * ffn_norm.
@@ -573,8 +583,10 @@ class llama_model {
       rms_norm_backward(b, as_const(s.x_in.view()), layer(l, 0).flat(), as_const(s.inv_rms_att.view().flat()),
                         as_const(dxb), dtmp, layer_grad(l, 0).flat());
       accumulate(dx, dtmp);  // d x_in
+      report_ready(1 + 9 * l, 9);
     }
     embedding_backward(b, as_const(act.tokens_.view().flat()), as_const(dx), grad(0));
+    report_ready(0, 1);  // with a shared classifier, also the classifier's gradient
   }
 
   /// Log-probabilities of the given tokens under the model (teacher forcing), and optionally the
@@ -678,6 +690,7 @@ class llama_model {
                               z, token_logprob_options{head.options.temperature});
       linear_backward(b, h, classifier(), as_const(z), d_hidden.view().row_block(r0, n), d_classifier);
     }
+    if (!config_.shared_classifier) report_ready(classifier_index(), 1);
     backward_hidden(b, lm_act_, d_hidden.view(), fn);
   }
 
@@ -844,9 +857,13 @@ class llama_model {
   std::size_t grad_elements_ = 0;  // assigned so far by add()
 
   bool has_classifier_ = true;
+  gradient_ready_callback gradients_ready_;  // set around a data-parallel step's last backward
   llama_activations<B, T> lm_act_;            // the latest training pass of log_probs
   detail::llama_lm_head_state<B, T> lm_head_;  // and its head's per-row results
 
+  void report_ready(std::size_t first, std::size_t count) const {
+    if (gradients_ready_) gradients_ready_(first, count);
+  }
   void check_has_classifier(std::string_view fn) const {
     if (!has_classifier_) {
       detail::throw_argument_error(fn, "this", "a model with a classifier (language-model head)",

@@ -108,6 +108,13 @@ class llama_reward_model {
     head_.zero_grad(b);
   }
 
+  /// Reports ready gradients (rlhf::reports_ready_gradients): the head's two tensors first, then the
+  /// trunk's as llama_model::on_gradients_ready says. An empty function stops the reports.
+  void on_gradients_ready(gradient_ready_callback f) {
+    trunk_.on_gradients_ready(f);
+    gradients_ready_ = std::move(f);
+  }
+
   /// The score bias (a host copy).
   double bias(const B& b) const { return head_.bias(b); }
   /// Adds `delta` to every score from now on, e.g. `-mean` of the demonstrations' scores.
@@ -167,6 +174,7 @@ class llama_reward_model {
     if (rows * seq == 0) return;
     auto d_last = allocate<T>(b, rows, D);
     head_.backward(b, as_const(last_.view()), d_scores, d_last.view());
+    if (gradients_ready_) gradients_ready_(trunk_.tensor_count(), 2);
     auto d_hidden = allocate<T>(b, rows * seq, D);
     b.for_each_index(rows * seq * D, detail::rm_scatter_last_tokens<T, space_type>{d_hidden.view(), as_const(d_last.view()),
                                                                                   act_.lengths(), seq});
@@ -178,6 +186,7 @@ class llama_reward_model {
 
  private:
   llama_model<B, T> trunk_;
+  gradient_ready_callback gradients_ready_;
   scalar_head<B, T> head_;
   llama_activations<B, T> act_;
   buffer_t<B, T> last_;

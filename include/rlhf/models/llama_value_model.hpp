@@ -91,6 +91,14 @@ class llama_value_model {
     head_.append_parameters(list);
     return list;
   }
+  /// Reports ready gradients (rlhf::reports_ready_gradients): the head's two tensors first, then the
+  /// trunk's as llama_model::on_gradients_ready says (not a shared trunk's: it is not among this model's
+  /// parameters). An empty function stops the reports.
+  void on_gradients_ready(gradient_ready_callback f) {
+    if (!shares_trunk()) trunk_->on_gradients_ready(f);
+    gradients_ready_ = std::move(f);
+  }
+
   /// Zeroes the head's gradients, and the trunk's unless shared (the policy zeroes its own).
   void zero_grad(const B& b) {
     if (!shares_trunk()) trunk_->zero_grad(b);
@@ -142,6 +150,7 @@ class llama_value_model {
                                                                                d_per_row.view().flat()});
     auto d_hidden = allocate<T>(b, rows * seq, config().dim);
     head_.backward(b, act_.hidden(), as_const(d_per_row.view().flat()), d_hidden.view());
+    if (gradients_ready_) gradients_ready_(shares_trunk() ? 0 : trunk_->tensor_count(), 2);
     trunk_->backward_hidden(b, act_, d_hidden.view(), fn);
   }
 
@@ -153,6 +162,7 @@ class llama_value_model {
 
   std::unique_ptr<llama_model<B, T>> own_trunk_;  // null when the trunk is shared
   llama_model<B, T>* trunk_;
+  gradient_ready_callback gradients_ready_;
   scalar_head<B, T> head_;
   llama_activations<B, T> act_;
 };
