@@ -1,4 +1,4 @@
-// The one-process communicator: every collective is the identity, and a broadcast from a rank other
+// The one-process communicator: every collective is the identity (a started all_reduce is complete), and a broadcast from a rank other
 // than 0 is an error naming the argument.
 #include "rlhf/dist/single_process.hpp"
 
@@ -22,6 +22,10 @@ TEMPLATE_LIST_TEST_CASE("single_process: rank 0 of 1; collectives leave the data
   comm.all_reduce(b, x.view(), reduce_op::max);
   comm.broadcast(b, x.view(), 0);
   comm.barrier();
+  static_assert(nonblocking_communicator<single_process, B>);
+  auto started = comm.all_reduce_async(b, x.view(), reduce_op::sum);
+  CHECK(started.test());
+  started.wait();
   CHECK(to_host(b, x.view()) == host);
   const std::vector<double> v{1.5, -2};
   CHECK(comm.all_gather(v) == v);

@@ -37,6 +37,12 @@ const mpi_communicator& world() {
   static const mpi_communicator comm;
   return comm;
 }
+// The same processes with gradient sums started during the backward (MPI_Iallreduce); the default world
+// sums after it.
+const mpi_communicator& overlapping_world() {
+  static const mpi_communicator comm(MPI_COMM_WORLD, true);
+  return comm;
+}
 
 // (backend, element type, tolerance of the parameter comparison): the sums over ranks run in another
 // order than one process's, so parameters agree to rounding.
@@ -161,6 +167,33 @@ TEST_CASE("mpi_communicator: rank and size; all_reduce, broadcast, all_gather an
   CHECK_THROWS_WITH(comm.broadcast(b, matrix_view<double, host_space>{x.data(), 1, 2}, 2), Catch::Contains("'root'"));
 }
 
+TEST_CASE("mpi_communicator: all_reduce_async sums in place; several in flight; a handle waits when destroyed", "[mpi]") {
+  const mpi_communicator& comm = world();
+  static_assert(nonblocking_communicator<mpi_communicator, reference_backend>);
+  CHECK_FALSE(comm.overlaps_computation());  // by default gradients are summed after the backward
+  CHECK(overlapping_world().overlaps_computation());
+  const reference_backend b;
+  const double r = static_cast<double>(comm.rank());
+  std::vector<double> a(1000, 1 + r), m{r, -r};
+  std::vector<float> f(7, 2.5f);
+  mpi_pending_collective first = comm.all_reduce_async(b, matrix_view<double, host_space>{a.data(), 1, a.size()}, reduce_op::sum);
+  mpi_pending_collective second = comm.all_reduce_async(b, matrix_view<double, host_space>{m.data(), 1, 2}, reduce_op::max);
+  {
+    mpi_pending_collective third = comm.all_reduce_async(b, matrix_view<float, host_space>{f.data(), 7, 1}, reduce_op::sum);
+    (void)third.test();
+  }  // destroyed unwaited: it waits
+  CHECK(f == std::vector<float>(7, 5.0f));
+  second.wait();
+  CHECK(m == std::vector<double>{1, 0});
+  while (!first.test()) {
+  }
+  CHECK(a == std::vector<double>(1000, 3.0));
+  CHECK(first.test());  // completed handles stay completed
+  first.wait();
+  mpi_pending_collective moved = std::move(second);
+  moved.wait();
+}
+
 TEST_CASE("mpi_communicator: global masked moments and reward normalization equal those of the union", "[mpi]") {
   const mpi_communicator& comm = world();
   const reference_backend b;
@@ -198,7 +231,9 @@ TEMPLATE_LIST_TEST_CASE("mpi: an SFT step on 2 ranks equals one process's step o
   ranked.init_random(b, 2 + world().rank(), 0.2);  // rank 1 differs until the first step's broadcast
   adamw<B, T> solo_opt(adamw_options{0.02}), ranked_opt(adamw_options{0.02});
   sft_trainer one(solo, solo_opt);
-  sft_trainer two(ranked, ranked_opt, sft_options{}, world());
+  sft_options small_buckets;  // many buckets, each summed (MPI_Iallreduce) while the backward goes on
+  small_buckets.gradient_all_reduce.bucket_bytes = 256;
+  sft_trainer two(ranked, ranked_opt, small_buckets, overlapping_world());
   const std::vector<prompt_response> batch = demonstrations(5);  // 2 rows on rank 0, 3 on rank 1
   for (int step = 0; step < 3; ++step) {
     const sft_step_stats s1 = one.step(b, batch);
@@ -227,7 +262,9 @@ TEMPLATE_LIST_TEST_CASE("mpi: a reward-model step on 2 ranks equals one process'
   auto ranked = llama_reward_model<B, T>::from_language_model(b, lm, 1 + world().rank(), 0.1);
   adamw<B, T> solo_opt(adamw_options{0.01}), ranked_opt(adamw_options{0.01});
   reward_trainer one(solo, solo_opt);
-  reward_trainer two(ranked, ranked_opt, reward_trainer_options{}, world());
+  reward_trainer_options small_buckets;
+  small_buckets.gradient_all_reduce.bucket_bytes = 256;
+  reward_trainer two(ranked, ranked_opt, small_buckets, overlapping_world());
   const std::vector<ranked_responses> batch = rankings();
   for (int step = 0; step < 3; ++step) {
     const reward_step_stats s1 = one.step(b, batch);
@@ -257,8 +294,10 @@ TEMPLATE_LIST_TEST_CASE("mpi: PPO iterations on 2 ranks (sampling, whitening, pt
   ppo_models<B, T> solo(b, 6), ranked(b, 6 + 10 * world().rank());
   ppo_trainer one(solo.policy, solo.reference, solo.value, solo.reward, solo.policy_opt, solo.value_opt,
                   ppo_test_options());
+  ppo_options small_buckets = ppo_test_options();
+  small_buckets.gradient_all_reduce.bucket_bytes = 512;
   ppo_trainer two(ranked.policy, ranked.reference, ranked.value, ranked.reward, ranked.policy_opt, ranked.value_opt,
-                  ppo_test_options(), world());
+                  small_buckets, overlapping_world());
   std::vector<std::vector<token_type>> prompts;
   for (token_type p = 2; p < 9; ++p) prompts.push_back({1, p});  // 7 prompts: 3 on rank 0, 4 on rank 1
   const std::vector<prompt_response> ptx = demonstrations(3);   // 1 row on rank 0, 2 on rank 1

@@ -20,6 +20,18 @@
 /// trainers keep every control-flow decision (early stop, skipped updates, minibatch counts) global so
 /// that ranks never diverge. A communicator is a cheap copyable handle; copies share the connection.
 ///
+/// Optional, for overlapping gradient sums with the backward pass (rlhf::nonblocking_communicator):
+///
+/// | member                                   | meaning                                                          |
+/// |------------------------------------------|------------------------------------------------------------------|
+/// | `all_reduce_async(b, matrix_view<T> x, op) -> H` | starts the in-place all_reduce of x and returns at once; `H` is a movable handle with `test() -> bool` (completed? also makes progress) and `wait()` (returns once x holds the result; on a stream backend, once work queued after it on b's stream is ordered after the collective) |
+///
+/// | `overlaps_computation() const -> bool` (optional) | whether started collectives progress while the caller computes; false makes rlhf::gradient_all_reducer sum after the backward with blocking calls (absent: true) |
+///
+/// Until `wait()` returns nothing may read or write x. Started collectives count in the order of
+/// collective calls like blocking ones (the same order on every rank); a handle destroyed before its
+/// `wait()` waits.
+///
 /// Statistics are combined from `all_gather`ed partial values folded in rank order, so every rank
 /// computes bit-identical global values (rlhf/dist/global_statistics.hpp).
 ///
@@ -68,6 +80,18 @@ concept has_all_gather = requires(const C& c, std::span<const double> v) {
 };
 template <class C>
 concept has_barrier = requires(const C& c) { c.barrier(); };
+/// A started collective: `test()` says whether it completed (and drives its progress), `wait()`
+/// completes it.
+template <class H>
+concept collective_handle = std::movable<H> && requires(H& h) {
+  { h.test() } -> std::same_as<bool>;
+  h.wait();
+};
+template <class C, class B>
+concept has_all_reduce_async = requires(const C& c, const B& b, mat_of<float, B> f, mat_of<double, B> d) {
+  { c.all_reduce_async(b, f, reduce_op::sum) } -> collective_handle;
+  { c.all_reduce_async(b, d, reduce_op::sum) } -> collective_handle;
+};
 }  // namespace detail
 
 /// A communicator for backend B (see the file comment for the contract).
@@ -75,6 +99,32 @@ template <class C, class B>
 concept communicator = backend<B> && std::copy_constructible<C> && detail::has_rank_and_size<C> &&
                        detail::has_all_reduce<C, B> && detail::has_broadcast<C, B> && detail::has_all_gather<C> &&
                        detail::has_barrier<C>;
+
+/// A communicator that can also start an all_reduce and return before it completes
+/// (`all_reduce_async`, see the file comment), so gradients can be summed while the backward pass goes
+/// on (rlhf::gradient_all_reducer). rlhf::mpi_communicator (MPI_Iallreduce) and
+/// rlhf::nccl_communicator (a side stream) are; a plain communicator still works, its collectives
+/// blocking.
+template <class C, class B>
+concept nonblocking_communicator = communicator<C, B> && detail::has_all_reduce_async<C, B>;
+
+namespace detail {
+/// A communicator's `overlaps_computation()`, true where it has none.
+template <class C>
+bool overlaps_computation(const C& c) {
+  if constexpr (requires { { c.overlaps_computation() } -> std::convertible_to<bool>; }) {
+    return static_cast<bool>(c.overlaps_computation());
+  } else {
+    return true;
+  }
+}
+}  // namespace detail
+
+/// The handle of a collective that completed when it was started (one process, or a blocking fallback).
+struct completed_collective {
+  bool test() const { return true; }
+  void wait() const {}
+};
 
 namespace detail {
 /// Names the first member C lacks as a communicator for B.

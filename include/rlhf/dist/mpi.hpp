@@ -34,6 +34,7 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "rlhf/dist/communicator.hpp"
@@ -57,13 +58,77 @@ MPI_Datatype mpi_type_of() {
   if constexpr (std::is_same_v<T, float>) return MPI_FLOAT;
   else return MPI_DOUBLE;
 }
+template <class S>
+constexpr void check_mpi_space() {
+  static_assert(S::host_accessible,
+                "rlhf::mpi_communicator: the views must be host-accessible (a CPU backend); the CUDA backend's "
+                "collectives are rlhf::nccl_communicator's");
+}
+inline MPI_Op mpi_op_of(reduce_op op) { return op == reduce_op::sum ? MPI_SUM : MPI_MAX; }
 // MPI counts are int: large views go in chunks.
 constexpr std::size_t mpi_max_count = static_cast<std::size_t>(INT_MAX);
 }  // namespace detail
 
+/// A started MPI all-reduce (rlhf::mpi_communicator::all_reduce_async): its requests, one per chunk.
+/// `test()` (MPI_Testall) also drives progress, which most MPI libraries make only inside MPI calls;
+/// `wait()` is MPI_Waitall. Move-only; destroyed before its wait(), it waits (errors ignored then).
+class mpi_pending_collective {
+ public:
+  mpi_pending_collective() = default;
+  explicit mpi_pending_collective(std::vector<MPI_Request> requests) : requests_(std::move(requests)) {}
+  mpi_pending_collective(mpi_pending_collective&& o) noexcept : requests_(std::move(o.requests_)) { o.requests_.clear(); }
+  mpi_pending_collective& operator=(mpi_pending_collective&& o) noexcept {
+    if (this != &o) {
+      finish_quietly();
+      requests_ = std::move(o.requests_);
+      o.requests_.clear();
+    }
+    return *this;
+  }
+  mpi_pending_collective(const mpi_pending_collective&) = delete;
+  mpi_pending_collective& operator=(const mpi_pending_collective&) = delete;
+  ~mpi_pending_collective() { finish_quietly(); }
+
+  /// Whether the collective completed (then the data holds the result).
+  /// @throws rlhf::distributed_error when MPI reports an error
+  bool test() {
+    if (requests_.empty()) return true;
+    int done = 0;
+    detail::check_mpi("rlhf::mpi_pending_collective::test", "MPI_Testall",
+                      MPI_Testall(static_cast<int>(requests_.size()), requests_.data(), &done, MPI_STATUSES_IGNORE));
+    if (done) requests_.clear();
+    return done != 0;
+  }
+  /// Returns once the collective completed.
+  /// @throws rlhf::distributed_error when MPI reports an error
+  void wait() {
+    if (requests_.empty()) return;
+    std::vector<MPI_Request> r = std::move(requests_);
+    requests_.clear();
+    detail::check_mpi("rlhf::mpi_pending_collective::wait", "MPI_Waitall",
+                      MPI_Waitall(static_cast<int>(r.size()), r.data(), MPI_STATUSES_IGNORE));
+  }
+
+ private:
+  void finish_quietly() noexcept {
+    if (requests_.empty()) return;
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized) MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE);
+    requests_.clear();
+  }
+  std::vector<MPI_Request> requests_;
+};
+
 /// An rlhf::communicator over an MPI communicator, for backends whose memory is host-accessible (the
 /// reference, Eigen, xtensor and CPU Thrust backends). The collectives are MPI_Allreduce (in place),
-/// MPI_Bcast, MPI_Allgather and MPI_Barrier; they synchronize the backend first. The communicator is
+/// MPI_Bcast, MPI_Allgather and MPI_Barrier; they synchronize the backend first. It is an
+/// rlhf::nonblocking_communicator (all_reduce_async is MPI_Iallreduce), but by default it says that
+/// started collectives do not overlap computation (`overlaps_computation()` false), so gradients are
+/// summed after the backward with MPI_Allreduce: most MPI libraries progress a nonblocking collective
+/// only inside MPI calls, and Open MPI's MPI_Iallreduce over shared memory runs a slower algorithm than
+/// its MPI_Allreduce (docs/benchmarks.md: overlapping lost time on the CPU). Pass
+/// `overlap_gradients = true` for an MPI with asynchronous progress (every rank the same). The communicator is
 /// duplicated (MPI_Comm_dup) so the library's messages never mix with the caller's, and its error handler
 /// returns codes, which become rlhf::distributed_error. Copies share the duplicate; the last one frees it
 /// (unless MPI is already finalized).
@@ -72,7 +137,9 @@ class mpi_communicator {
   /// @param comm the processes to span (default: all of them). MPI must be initialized (rlhf::mpi_session
   ///        or rlhf::mpi_main do it).
   /// @throws rlhf::distributed_error when MPI is not initialized or the duplication fails
-  explicit mpi_communicator(MPI_Comm comm = MPI_COMM_WORLD) {
+  /// @param overlap_gradients whether gradient sums should start during the backward (MPI_Iallreduce);
+  ///        every rank must pass the same value
+  explicit mpi_communicator(MPI_Comm comm = MPI_COMM_WORLD, bool overlap_gradients = false) {
     constexpr std::string_view fn = "rlhf::mpi_communicator";
     int initialized = 0;
     MPI_Initialized(&initialized);
@@ -85,22 +152,23 @@ class mpi_communicator {
     detail::check_mpi(fn, "MPI_Comm_size", MPI_Comm_size(s->comm, &n));
     s->rank = static_cast<std::size_t>(r);
     s->size = static_cast<std::size_t>(n);
+    s->overlap = overlap_gradients;
     state_ = std::move(s);
   }
 
   std::size_t rank() const { return state_->rank; }
   std::size_t size() const { return state_->size; }
+  /// Whether gradient sums start during the backward (the constructor's `overlap_gradients`).
+  bool overlaps_computation() const { return state_->overlap; }
   /// The duplicated MPI communicator (for the caller's own MPI calls alongside the library's).
   MPI_Comm native() const { return state_->comm; }
 
   /// In place: x becomes the element-wise sum (or max) over ranks. Every rank passes the same shape.
   template <class B, class T, class S>
   void all_reduce(const B& b, matrix_view<T, S> x, reduce_op op) const {
-    static_assert(S::host_accessible,
-                  "rlhf::mpi_communicator: the views must be host-accessible (a CPU backend); the CUDA backend's "
-                  "collectives are rlhf::nccl_communicator's");
+    detail::check_mpi_space<S>();
     b.synchronize();
-    const MPI_Op mop = op == reduce_op::sum ? MPI_SUM : MPI_MAX;
+    const MPI_Op mop = detail::mpi_op_of(op);
     for (std::size_t first = 0; first < x.size(); first += detail::mpi_max_count) {
       const int n = static_cast<int>(std::min(detail::mpi_max_count, x.size() - first));
       detail::check_mpi("rlhf::mpi_communicator::all_reduce", "MPI_Allreduce",
@@ -108,13 +176,33 @@ class mpi_communicator {
     }
   }
 
+  /// Starts the in-place all_reduce of x (MPI_Iallreduce) and returns its handle; x must stay untouched
+  /// until the handle's wait() returns.
+  template <class B, class T, class S>
+  mpi_pending_collective all_reduce_async(const B& b, matrix_view<T, S> x, reduce_op op) const {
+    detail::check_mpi_space<S>();
+    b.synchronize();
+    const MPI_Op mop = detail::mpi_op_of(op);
+    std::vector<MPI_Request> requests;
+    mpi_pending_collective pending;  // completes the requests already started if a later chunk fails
+    for (std::size_t first = 0; first < x.size(); first += detail::mpi_max_count) {
+      const int n = static_cast<int>(std::min(detail::mpi_max_count, x.size() - first));
+      MPI_Request r = MPI_REQUEST_NULL;
+      const int code = MPI_Iallreduce(MPI_IN_PLACE, x.data + first, n, detail::mpi_type_of<T>(), mop, state_->comm, &r);
+      if (code != MPI_SUCCESS) {
+        pending = mpi_pending_collective(std::move(requests));
+        detail::throw_mpi_error("rlhf::mpi_communicator::all_reduce_async", "MPI_Iallreduce", code);
+      }
+      requests.push_back(r);
+    }
+    return mpi_pending_collective(std::move(requests));
+  }
+
   /// In place: x becomes rank `root`'s x. Every rank passes the same shape.
   /// @throws rlhf::invalid_argument when root >= size()
   template <class B, class T, class S>
   void broadcast(const B& b, matrix_view<T, S> x, std::size_t root) const {
-    static_assert(S::host_accessible,
-                  "rlhf::mpi_communicator: the views must be host-accessible (a CPU backend); the CUDA backend's "
-                  "collectives are rlhf::nccl_communicator's");
+    detail::check_mpi_space<S>();
     constexpr std::string_view fn = "rlhf::mpi_communicator::broadcast";
     if (root >= size()) {
       detail::throw_argument_error(fn, "root", "a rank below " + std::to_string(size()), std::to_string(root));
@@ -164,6 +252,7 @@ class mpi_communicator {
   struct state {
     MPI_Comm comm = MPI_COMM_NULL;
     std::size_t rank = 0, size = 1;
+    bool overlap = false;
     state() = default;
     state(const state&) = delete;
     state& operator=(const state&) = delete;

@@ -10,7 +10,9 @@
 ///   or on a shared file system.
 /// The collectives run on the backend's stream (`b.stream()`, the CUDA backend's): ordered after the work
 /// queued there, and complete when the call returns (the stream is synchronized), as the communicator
-/// contract asks. Compiles with a host compiler (it uses the CUDA runtime's C API only).
+/// contract asks. all_reduce_async (an rlhf::nonblocking_communicator) runs on the communicator's own
+/// stream instead, after an event on the backend's, so gradient sums overlap the backward pass. Compiles
+/// with a host compiler (it uses the CUDA runtime's C API only).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -58,6 +60,58 @@ concept has_cuda_stream = requires(const B& b) {
   { b.stream() } -> std::convertible_to<cudaStream_t>;
 };
 }  // namespace detail
+
+/// A started NCCL all-reduce (rlhf::nccl_communicator::all_reduce_async): the event recorded on the
+/// communicator's stream after it. `test()` queries the event; `wait()` makes the backend's stream wait
+/// for it (stream-ordered: the host does not block; a later host read through the backend synchronizes).
+/// Move-only; destroyed before its wait(), it synchronizes the event (errors ignored then).
+class nccl_pending_collective {
+ public:
+  nccl_pending_collective() = default;
+  nccl_pending_collective(cudaEvent_t done, cudaStream_t waiting) : done_(done), waiting_(waiting) {}
+  nccl_pending_collective(nccl_pending_collective&& o) noexcept : done_(o.done_), waiting_(o.waiting_) { o.done_ = nullptr; }
+  nccl_pending_collective& operator=(nccl_pending_collective&& o) noexcept {
+    if (this != &o) {
+      release();
+      done_ = o.done_;
+      waiting_ = o.waiting_;
+      o.done_ = nullptr;
+    }
+    return *this;
+  }
+  nccl_pending_collective(const nccl_pending_collective&) = delete;
+  nccl_pending_collective& operator=(const nccl_pending_collective&) = delete;
+  ~nccl_pending_collective() { release(); }
+
+  /// @throws rlhf::distributed_error when CUDA reports an error
+  bool test() {
+    if (done_ == nullptr) return true;
+    const cudaError_t status = cudaEventQuery(done_);
+    if (status == cudaErrorNotReady) return false;
+    detail::check_cuda_for_nccl("rlhf::nccl_pending_collective::test", "cudaEventQuery", status);
+    return true;
+  }
+  /// Orders the backend's stream after the collective.
+  /// @throws rlhf::distributed_error when CUDA reports an error
+  void wait() {
+    if (done_ == nullptr) return;
+    const cudaEvent_t e = done_;
+    done_ = nullptr;
+    const cudaError_t status = cudaStreamWaitEvent(waiting_, e, 0);
+    cudaEventDestroy(e);
+    detail::check_cuda_for_nccl("rlhf::nccl_pending_collective::wait", "cudaStreamWaitEvent", status);
+  }
+
+ private:
+  void release() noexcept {
+    if (done_ == nullptr) return;
+    cudaEventSynchronize(done_);
+    cudaEventDestroy(done_);
+    done_ = nullptr;
+  }
+  cudaEvent_t done_ = nullptr;
+  cudaStream_t waiting_ = nullptr;
+};
 
 /// An rlhf::communicator over NCCL for backends with a CUDA stream (`b.stream()`, as rlhf::cuda_backend).
 /// all_reduce and broadcast run in place on the backend's device memory; all_gather of small host values
@@ -156,6 +210,28 @@ class nccl_communicator {
                        ncclAllReduce(x.data, x.data, x.size(), detail::nccl_type_of<T>(), op == reduce_op::sum ? ncclSum : ncclMax,
                                      state_->comm, b.stream()));
     detail::check_cuda_for_nccl(fn, "cudaStreamSynchronize", cudaStreamSynchronize(b.stream()));
+  }
+
+  /// Starts the in-place all_reduce of x on the communicator's own stream, after the work queued on the
+  /// backend's stream so far, and returns at once (an rlhf::nonblocking_communicator): the backward pass
+  /// goes on on the backend's stream while NCCL sums. Nothing may touch x until the handle's wait().
+  template <class B, class T, class S>
+  nccl_pending_collective all_reduce_async(const B& b, matrix_view<T, S> x, reduce_op op) const {
+    static_assert(detail::has_cuda_stream<B>, "rlhf::nccl_communicator: the backend must name its CUDA stream (`stream()`)");
+    constexpr std::string_view fn = "rlhf::nccl_communicator::all_reduce_async";
+    const cudaStream_t main = b.stream(), side = state_->stream;
+    cudaEvent_t ready = nullptr, done = nullptr;
+    detail::check_cuda_for_nccl(fn, "cudaEventCreateWithFlags", cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
+    const std::unique_ptr<CUevent_st, void (*)(cudaEvent_t)> ready_owner(ready, [](cudaEvent_t e) { cudaEventDestroy(e); });
+    detail::check_cuda_for_nccl(fn, "cudaEventRecord", cudaEventRecord(ready, main));
+    detail::check_cuda_for_nccl(fn, "cudaStreamWaitEvent", cudaStreamWaitEvent(side, ready, 0));
+    detail::check_nccl(fn, "ncclAllReduce",
+                       ncclAllReduce(x.data, x.data, x.size(), detail::nccl_type_of<T>(), op == reduce_op::sum ? ncclSum : ncclMax,
+                                     state_->comm, side));
+    detail::check_cuda_for_nccl(fn, "cudaEventCreateWithFlags", cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+    nccl_pending_collective pending(done, main);
+    detail::check_cuda_for_nccl(fn, "cudaEventRecord", cudaEventRecord(done, side));
+    return pending;
   }
 
   /// In place on the backend's stream: x becomes rank `root`'s x.

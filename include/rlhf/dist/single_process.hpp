@@ -3,7 +3,7 @@
 ///
 /// The trainers' default communicator, so single-process training needs no dependency and pays
 /// nothing: all_reduce and broadcast leave the data untouched, all_gather returns its input, barrier
-/// returns at once.
+/// returns at once; all_reduce_async returns a completed handle.
 #pragma once
 
 #include <cstddef>
@@ -23,6 +23,10 @@ struct single_process {
 
   template <class B, class T, class S>
   void all_reduce(const B&, matrix_view<T, S>, reduce_op) const {}
+  template <class B, class T, class S>
+  completed_collective all_reduce_async(const B&, matrix_view<T, S>, reduce_op) const {
+    return {};
+  }
 
   /// @throws rlhf::invalid_argument when root is not 0
   template <class B, class T, class S>

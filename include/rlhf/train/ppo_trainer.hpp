@@ -103,6 +103,8 @@ struct ppo_options {
   // Weight averaging
   double ema_decay = 0.0;  ///< EMA of the policy's weights after each iteration (0: off; InstructGPT 0.992)
   std::uint64_t seed = 1;  ///< minibatch shuffling; sampling seeds derive from sampling.seed + iteration
+  // Data parallel
+  gradient_all_reduce_options gradient_all_reduce{};  ///< buckets and overlap of the gradient sums over ranks
 
   /// InstructGPT (Ouyang et al. 2022, appendix C.4): the defaults above with the policy EMA (0.992) on.
   /// PPO-ptx is switched on by the caller (`ptx = true`; gamma 27.8), who provides the pretraining data.
@@ -619,7 +621,19 @@ class ppo_trainer {
                        ppo_iteration_stats& stats) {
     const bool want_entropy = options_.entropy_coefficient > 0;
     const loss_aggregation agg = union_aggregation(mb.counts);
+    // PPO-ptx's batch and its global token count come first: no collective may fall between the last
+    // backward pass (which starts the gradient sums) and their finish.
+    token_batch pt;
+    loss_aggregation ptx_agg{};
+    if (options_.ptx) {
+      if (!pretraining.empty()) pt = make_token_batch(pretraining, options_.max_length, "rlhf::ppo_trainer::step (pretraining)");
+      // The pretraining term is a token mean over the pretraining batch (the union's, with several ranks).
+      ptx_agg = global_aggregation(comm_, loss_aggregation{}, count_valid(pt.mask, pt.rows, pt.cols));
+    }
+    const bool ptx_backward = options_.ptx && !pretraining.empty();
     policy_.zero_grad(b);
+    // Armed for this rank's last backward pass: its gradients are final.
+    overlapped_gradient_all_reduce summed(comm_, b, policy_, options_.gradient_all_reduce, &policy_gradient_workspace_);
     ppo_clip_stats ps{};
     entropy_bonus_stats es{};
     if (mb.rows > 0) {
@@ -634,28 +648,23 @@ class ppo_trainer {
       if (want_entropy) {
         es = entropy_bonus(b, as_const(entropy.view()), mb.tokens.mask_view(), d_entropy.view(),
                            options_.entropy_coefficient, agg);
-        policy_.log_probs_backward(b, as_const(d_logp.view()), as_const(d_entropy.view()));
-      } else {
-        policy_.log_probs_backward(b, as_const(d_logp.view()), backend_matrix<B, const T>{});
       }
+      if (!ptx_backward) summed.arm();
+      policy_.log_probs_backward(b, as_const(d_logp.view()),
+                                 want_entropy ? as_const(d_entropy.view()) : backend_matrix<B, const T>{});
     }
     stats.ptx_loss = 0;
-    if (options_.ptx) {
+    if (ptx_backward) {
       // Ouyang et al. 2022, eq. 2, second term: gamma * E_pretrain[log pi(x)], as a loss to minimize.
-      token_batch pt;
-      if (!pretraining.empty()) pt = make_token_batch(pretraining, options_.max_length, "rlhf::ppo_trainer::step (pretraining)");
-      // The pretraining term is a token mean over the pretraining batch (the union's, with several ranks).
-      const loss_aggregation ptx_agg = global_aggregation(comm_, loss_aggregation{}, count_valid(pt.mask, pt.rows, pt.cols));
-      if (!pretraining.empty()) {
-        const auto pdev = upload(b, pt);
-        auto plogp = allocate<T>(b, pt.rows, pt.cols), pd = allocate<T>(b, pt.rows, pt.cols);
-        policy_.log_probs(b, pdev.tokens_view(), pdev.lengths_view(), plogp.view(), backend_matrix<B, T>{},
-                          forward_mode::training);
-        stats.ptx_loss = ptx_loss(b, as_const(plogp.view()), pdev.mask_view(), pd.view(), options_.ptx_loss, ptx_agg).loss;
-        policy_.log_probs_backward(b, as_const(pd.view()), backend_matrix<B, const T>{});
-      }
+      const auto pdev = upload(b, pt);
+      auto plogp = allocate<T>(b, pt.rows, pt.cols), pd = allocate<T>(b, pt.rows, pt.cols);
+      policy_.log_probs(b, pdev.tokens_view(), pdev.lengths_view(), plogp.view(), backend_matrix<B, T>{},
+                        forward_mode::training);
+      stats.ptx_loss = ptx_loss(b, as_const(plogp.view()), pdev.mask_view(), pd.view(), options_.ptx_loss, ptx_agg).loss;
+      summed.arm();
+      policy_.log_probs_backward(b, as_const(pd.view()), backend_matrix<B, const T>{});
     }
-    all_reduce_gradients(comm_, b, policy_.parameters());
+    summed.finish();
     optimizer_update(b, policy_opt_, policy_.parameters(), options_.max_grad_norm, options_.policy_schedule);
     if (comm_.size() == 1) {
       stats.policy_loss = ps.loss;
@@ -682,15 +691,17 @@ class ppo_trainer {
     static_assert(std::is_same_v<TV, T>, "rlhf::ppo_trainer: the policy and the value model must share the element type");
     const loss_aggregation agg = union_aggregation(mb.counts);
     value_.zero_grad(b);
+    overlapped_gradient_all_reduce summed(comm_, b, value_, options_.gradient_all_reduce, &value_gradient_workspace_);
     value_loss_stats vs{};
     if (mb.rows > 0) {
       auto values = allocate<T>(b, mb.rows, mb.cols), d_values = allocate<T>(b, mb.rows, mb.cols);
       value_.values(b, mb.tokens.tokens_view(), mb.tokens.lengths_view(), values.view(), forward_mode::training);
       vs = clipped_value_loss(b, as_const(values.view()), as_const(mb.old_values.view()), as_const(mb.returns.view()),
                               mb.tokens.mask_view(), d_values.view(), options_.value, agg);
+      summed.arm();
       value_.values_backward(b, as_const(d_values.view()));
     }
-    all_reduce_gradients(comm_, b, value_.parameters());
+    summed.finish();
     optimizer_update(b, value_opt_, value_.parameters(), options_.max_grad_norm, options_.value_schedule);
     stats.value_loss = global_sum(comm_, vs.loss);
   }
@@ -714,6 +725,8 @@ class ppo_trainer {
   std::size_t iteration_ = 0;
   C comm_;
   detail::replicas_in_sync replicas_;
+  gradient_all_reduce_workspace<B, T> policy_gradient_workspace_;  // packing buffers of the gradient sums, kept across steps
+  gradient_all_reduce_workspace<B, T> value_gradient_workspace_;  // packing buffers of the gradient sums, kept across steps
 };
 
 }  // namespace rlhf

@@ -49,6 +49,7 @@ struct reward_trainer_options {
   ranking_loss_options loss{};         ///< InstructGPT's pairwise loss by default
   std::size_t max_length = 0;          ///< rows are cut to this many tokens (0: no limit)
   std::size_t eval_batch_prompts = 16; ///< prompts per forward in evaluate() and score()
+  gradient_all_reduce_options gradient_all_reduce{};  ///< buckets and overlap of the gradient sums over ranks
 };
 
 /// What one step (or an evaluation) measured.
@@ -99,8 +100,11 @@ class reward_trainer {
     const double prompts = global_sum(comm_, static_cast<double>(batch.size()));
     if (prompts == 0) detail::throw_argument_error(fn, "batch", "at least one ranked prompt on some rank", "none on every rank");
     const double share = static_cast<double>(batch.size()) / prompts;
+    // The gradients are summed over the ranks as the backward pass finishes them.
+    overlapped_gradient_all_reduce summed(comm_, b, model_, options_.gradient_all_reduce, &gradient_workspace_);
+    summed.arm();
     reward_step_stats s = batch.empty() ? reward_step_stats{} : loss_and_gradient(b, batch, true, fn, share);
-    all_reduce_gradients(comm_, b, model_.parameters());
+    summed.finish();
     s = global_stats(s, share);
     s.update = optimizer_update(b, optimizer_, model_.parameters(), options_.max_grad_norm, options_.schedule);
     return s;
@@ -227,6 +231,7 @@ class reward_trainer {
   reward_trainer_options options_;
   C comm_;
   detail::replicas_in_sync replicas_;
+  gradient_all_reduce_workspace<B, T> gradient_workspace_;  // packing buffers of the gradient sums, kept across steps
 
   // A step's statistics over the union of the ranks' prompts: the loss weighted by each rank's share of
   // the prompts, accuracy and margin by compared pairs. One rank: unchanged.

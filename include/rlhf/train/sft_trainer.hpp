@@ -39,6 +39,7 @@ struct sft_options {
   loss_aggregation aggregation{};    ///< token mean over the batch's response tokens by default
   std::size_t max_length = 0;        ///< rows are cut to this many tokens (0: no limit; use the model's seq_len)
   std::size_t eval_batch_size = 16;  ///< rows per forward in evaluate()
+  gradient_all_reduce_options gradient_all_reduce{};  ///< buckets and overlap of the gradient sums over ranks
 };
 
 /// What one SFT step measured.
@@ -90,6 +91,8 @@ class sft_trainer {
     if (batch.empty() && comm_.size() == 1) detail::throw_argument_error(fn, "batch", "at least one demonstration", "none");
     replicas_.ensure(comm_, b, policy_);
     policy_.zero_grad(b);
+    // The gradients are summed over the ranks as the backward pass finishes them.
+    overlapped_gradient_all_reduce summed(comm_, b, policy_, options_.gradient_all_reduce, &gradient_workspace_);
     sft_loss_stats l{};
     if (!batch.empty()) {
       const token_batch host = make_token_batch(batch, options_.max_length, fn);
@@ -101,11 +104,12 @@ class sft_trainer {
       policy_.log_probs(b, dev.tokens_view(), dev.lengths_view(), logp.view(), backend_matrix<B, T>{},
                         forward_mode::training);
       l = sft_loss(b, as_const(logp.view()), dev.mask_view(), d_logp.view(), comm_.size() == 1 ? options_.aggregation : with_global_counts(options_.aggregation, {all[0], all[1]}));
+      summed.arm();
       policy_.log_probs_backward(b, as_const(d_logp.view()), backend_matrix<B, const T>{});
     } else if (global_sums(comm_, {0.0, 0.0, 0.0})[2] == 0) {
       detail::throw_argument_error(fn, "batch", "at least one demonstration on some rank", "none on every rank");
     }
-    all_reduce_gradients(comm_, b, policy_.parameters());
+    summed.finish();
     sft_step_stats s;
     const std::vector<double> sums = global_sums(comm_, {l.loss, l.nll * l.token_count, l.token_count});
     s.loss = sums[0];
@@ -189,6 +193,7 @@ class sft_trainer {
   sft_options options_;
   C comm_;
   detail::replicas_in_sync replicas_;
+  gradient_all_reduce_workspace<B, T> gradient_workspace_;  // packing buffers of the gradient sums, kept across steps
 };
 
 }  // namespace rlhf
