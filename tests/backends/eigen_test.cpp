@@ -184,11 +184,11 @@ TEMPLATE_TEST_CASE("eigen ppo_clip_loss kernel: gradient 0 where clipped, dual-c
 
 TEST_CASE("eigen ppo_clip_loss kernel: identical bits on 1 and 2 threads", "[backends][eigen][ppo]") {
   auto g = rng(22);
-  const std::size_t rows = 64, cols = 700;  // above eigen_backend::parallel_threshold
+  const std::size_t rows = 64, cols = 700;  // parallel: eigen_backend(2, 1) splits any work
   const auto o = ppo_clip_options::verl();
   const ppo_case c = make_ppo_case(g, rows, cols, o);
   const auto one = run_ppo<eigen_backend, float>(eigen_backend(1), c, rows, cols, o, {}, true);
-  const auto two = run_ppo<eigen_backend, float>(eigen_backend(2), c, rows, cols, o, {}, true);
+  const auto two = run_ppo<eigen_backend, float>(eigen_backend(2, 1), c, rows, cols, o, {}, true);
   CHECK(one.stats.loss == two.stats.loss);
   CHECK(one.stats.approx_kl == two.stats.approx_kl);
   CHECK(one.grad == two.grad);
@@ -295,7 +295,7 @@ TEST_CASE("eigen ranking_loss kernel: hand-computed K = 3 and identical bits on 
   const std::size_t prompts = 1000, kmax = 9;  // P * K^2 above the parallel threshold
   const ranking_case c = make_ranking_case(g, prompts, kmax, 1.0);
   const auto one = run_ranking<float>(eigen_backend(1), c, prompts, kmax, ranking_loss_options::trl(0.1, 0.01), true);
-  const auto two = run_ranking<float>(eigen_backend(2), c, prompts, kmax, ranking_loss_options::trl(0.1, 0.01), true);
+  const auto two = run_ranking<float>(eigen_backend(2, 1), c, prompts, kmax, ranking_loss_options::trl(0.1, 0.01), true);
   CHECK(one.first.loss == two.first.loss);
   CHECK(one.second == two.second);
 }
@@ -340,7 +340,7 @@ TEMPLATE_TEST_CASE("eigen kl_penalized_rewards kernel matches the generic path",
         return std::pair{st, to_host(b, out.view())};
       };
       const auto [fast, fast_r] = run(eigen_backend(1));
-      const auto [two, two_r] = run(eigen_backend(2));
+      const auto [two, two_r] = run(eigen_backend(2, 1));
       const auto [gen, gen_r] = run(generic_only<eigen_backend>{});
       INFO("rows " << rows << " cols " << cols << " placement " << placement);
       CHECK_THAT(fast_r, close_to<T>(gen_r));
@@ -371,7 +371,7 @@ TEMPLATE_TEST_CASE("eigen masked-moments kernel matches the generic path", "[bac
       return std::pair{m, to_host(b, out.view())};
     };
     const auto [fast, fast_w] = run(eigen_backend(1));
-    const auto [two, two_w] = run(eigen_backend(2));
+    const auto [two, two_w] = run(eigen_backend(2, 1));
     const auto [gen, gen_w] = run(generic_only<eigen_backend>{});
     INFO("rows " << rows << " cols " << cols);
     CHECK(fast.count == gen.count);
@@ -418,7 +418,7 @@ TEMPLATE_TEST_CASE("eigen clipped_value_loss kernel matches the generic path", "
         return std::pair{st, to_host(b, d.view())};
       };
       const auto [fast, fast_d] = run(eigen_backend(1));
-      const auto [two, two_d] = run(eigen_backend(2));
+      const auto [two, two_d] = run(eigen_backend(2, 1));
       const auto [gen, gen_d] = run(generic_only<eigen_backend>{});
       INFO("clip " << clip << " mode " << mode);
       CHECK(fast.loss == Approx(gen.loss).epsilon(1e-12));

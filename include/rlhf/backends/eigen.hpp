@@ -44,8 +44,11 @@ struct eigen_backend {
 
   /// Elements per reduction block; fixes the summation order (see the file comment).
   static constexpr std::size_t reduce_block = 4096;
-  /// Below this many elements (or rows x cols work) loops stay on the calling thread.
-  static constexpr std::size_t parallel_threshold = 1 << 15;
+  /// Below this much work (elements, or rows x cols) a loop stays on the calling thread. A parallel region
+  /// costs a fork and a join, tens of microseconds where OpenMP threads sleep between regions
+  /// (OMP_WAIT_POLICY=passive): at 2^15 elements the hot paths ran 2-4x slower on two threads than on one
+  /// (docs/benchmarks.md), at 2^18 they gain. Tests set it to 1 to run the parallel paths on small shapes.
+  std::size_t parallel_threshold = std::size_t(1) << 17;
   /// Multiply-adds from which a GEMM uses the backend's threads (below: one thread).
   static constexpr double parallel_gemm_work = double(1 << 24);
 
@@ -54,6 +57,9 @@ struct eigen_backend {
 
   eigen_backend() = default;
   explicit eigen_backend(int threads) : num_threads(threads) {}
+  /// @param threads as num_threads
+  /// @param min_parallel_work as parallel_threshold
+  eigen_backend(int threads, std::size_t min_parallel_work) : parallel_threshold(min_parallel_work), num_threads(threads) {}
 
   /// The number of threads parallel loops use.
   int threads() const {
