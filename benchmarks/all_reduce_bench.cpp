@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_support.hpp"
 #include "rlhf/backends/eigen.hpp"
 #include "rlhf/dist/gradient_all_reduce.hpp"
 #include "rlhf/dist/mpi.hpp"
@@ -28,10 +29,9 @@
 
 namespace {
 
-using clock_type = std::chrono::steady_clock;
+using rlhf::bench::clock_type;
+using rlhf::bench::seconds_since;
 using backend = rlhf::eigen_backend;
-
-double seconds_since(clock_type::time_point t0) { return std::chrono::duration<double>(clock_type::now() - t0).count(); }
 
 // Median of `reps` timings of f(), every rank starting together.
 template <class F>

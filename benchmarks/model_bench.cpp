@@ -8,30 +8,22 @@
 //
 // benchmarks/run_model_bench.sh runs every combination and the PyTorch side of the comparison
 // (benchmarks/peers/llama_torch.py, same architecture and shapes).
-#include <sys/resource.h>
-
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <vector>
 
+#include "bench_support.hpp"
 #include "rlhf/backends/eigen.hpp"
 #include "rlhf/models/llama.hpp"
 
 namespace {
 
-using clock_type = std::chrono::steady_clock;
+using rlhf::bench::clock_type;
+using rlhf::bench::seconds_since;
 
-double seconds_since(clock_type::time_point t0) {
-  return std::chrono::duration<double>(clock_type::now() - t0).count();
-}
-
-double peak_rss_mib() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return static_cast<double>(u.ru_maxrss) / 1024.0;  // Linux reports KiB
-}
+using rlhf::bench::peak_rss_mib;
 
 // ~10M parameters: 12 layers of width 256, grouped-query attention (8 query, 4 kv heads), SwiGLU 688,
 // vocabulary 4096 with a tied classifier (9.7M parameters).

@@ -20,7 +20,8 @@ rlhf-math.md); none of the peers' code is used:
     ranking_k{4,9}     pairwise -logsigmoid over all C(K, 2) pairs of 64 prompts, backward
 
 Usage: /usr/bin/python3 benchmarks/peers/hot_paths_torch.py [--quick]
-Prints one line per op and thread count: op, shape, threads, median and min wall time.
+Prints one line per op and thread count: op, shape, threads, median and min wall time. The driver
+compare_hot_paths.py imports it (measure(), and the forms themselves for the agreement check).
 Prints a message and exits with code 0 when PyTorch is missing (Debian: apt-get install python3-torch),
 so that the benchmark run target of benchmarks/CMakeLists.txt still succeeds.
 """
@@ -142,21 +143,22 @@ def ranking_all_pairs(rewards, k):
     return -F.logsigmoid(rewards[:, i] - rewards[:, j]).mean()
 
 
-def main():
-    quick = "--quick" in sys.argv
+def measure(quick=False, verbose=True):
+    """Times every form at every shape on 1 and 2 threads; returns [(op, shape, threads, median s, min s)]."""
     gen = torch.Generator().manual_seed(0)
     rows_logp, vocab = (512, 32000) if quick else (4096, 32000)
     shapes_2d = [(64, 512), (256, 1024)]
+    results = []
 
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        results = []
 
         def run(op, shape, fn, repeats):
             med, best = timed(fn, repeats)
-            results.append((op, shape, med, best))
-            print(f"{op:20s} {shape:>16s}  threads {threads}  median {med * 1e3:10.3f} ms  min {best * 1e3:10.3f} ms",
-                  flush=True)
+            results.append((op, shape, threads, med, best))
+            if verbose:
+                print(f"{op:20s} {shape:>16s}  threads {threads}  median {med * 1e3:10.3f} ms  min {best * 1e3:10.3f} ms",
+                      flush=True)
 
         for rows, cols in shapes_2d:
             r = torch.randn(rows, cols, generator=gen)
@@ -214,6 +216,11 @@ def main():
         run("logp_trl_rows", shape, lambda: logp_trl_rows(logits, tokens), 3)
         run("entropy_full", shape, lambda: entropy_full(logits), 3)
         del logits
+    return results
+
+
+def main():
+    measure(quick="--quick" in sys.argv)
 
 
 if __name__ == "__main__":

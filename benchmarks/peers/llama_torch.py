@@ -72,6 +72,9 @@ class Llama(torch.nn.Module):
         return torch.stack((a * cos - b * sin, a * sin + b * cos), -1).flatten(-2)
 
     def forward(self, tokens, start=0, cache=None):
+        return self.hidden(tokens, start, cache) @ self.emb.t()
+
+    def hidden(self, tokens, start=0, cache=None):  # the final RMSNorm's output [B, T, D]
         c = self.c
         B, T = tokens.shape
         H, KV, hd = c["heads"], c["kv_heads"], c["dim"] // c["heads"]
@@ -91,13 +94,13 @@ class Llama(torch.nn.Module):
             v = v.repeat_interleave(H // KV, 2)
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, hd]
             scores = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-            if cache is None:  # causal mask (with a cache the new query sees every cached key)
+            if T > 1:  # causal mask (one new query with a cache sees every cached key; prefill starts at 0)
                 scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
             att = torch.softmax(scores, -1) @ v
             x = x + l.wo(att.transpose(1, 2).reshape(B, T, -1))
             h = self.rms(x, l.ffn_norm)
             x = x + l.w2(F.silu(l.w1(h)) * l.w3(h))
-        return self.rms(x, self.norm) @ self.emb.t()
+        return self.rms(x, self.norm)
 
     def log_probs(self, tokens):
         logits = self.forward(tokens)[:, :-1]
