@@ -4,7 +4,8 @@
 // reports time, items/s and bytes/s; the bytes counted per element are the minimum a fused
 // implementation must move (stated at each benchmark), so bytes/s divided by the triad's bytes/s is the
 // fraction of the bandwidth limit. Benchmarks of parallel kernels run at 1 and 2 threads
-// (eigen_backend{threads}; the last argument of the benchmark name).
+// (eigen_backend{threads}; the last argument of the benchmark name). Where built with them, the xtensor
+// backend and Thrust's serial and OpenMP host systems run every hot path too (their generic forms).
 //
 //   cmake --preset benchmarks && cmake --build --preset benchmarks --target hot_paths_bench
 //   ./build/benchmarks/benchmarks/hot_paths_bench
@@ -30,6 +31,15 @@
 #include "rlhf/losses/value_loss.hpp"
 #include "rlhf/ops/token_logprobs.hpp"
 #include "rlhf/ops/whitening.hpp"
+#if RLHF_HAS_XTENSOR
+#include "rlhf/backends/xtensor.hpp"
+#endif
+#if RLHF_HAS_THRUST
+#include "rlhf/backends/thrust.hpp"
+#endif
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 namespace {
 
@@ -54,11 +64,15 @@ std::vector<rlhf::mask_type> ragged_mask(std::size_t rows, std::size_t cols, uns
 }
 
 // Backend for a benchmark: eigen_backend takes its thread count from the benchmark's `threads` argument.
+// Thrust's OpenMP system runs on omp_get_max_threads() threads: the benchmark sets it from the same argument.
 template <class Backend>
 Backend make_backend(const benchmark::State& state, int arg) {
   if constexpr (std::is_same_v<Backend, rlhf::eigen_backend>) {
     return Backend(static_cast<int>(state.range(arg)));
   } else {
+#if RLHF_HAS_THRUST && defined(_OPENMP)
+    if constexpr (std::is_same_v<Backend, rlhf::thrust_omp_backend>) omp_set_num_threads(static_cast<int>(state.range(arg)));
+#endif
     return Backend{};
   }
 }
@@ -271,5 +285,29 @@ BENCHMARK(value_loss<rlhf::eigen_backend>) RLHF_LOSS_SHAPES_12T->UseRealTime();
 BENCHMARK(ranking_loss<rlhf::reference_backend>)->Args({4, 1})->Args({9, 1});
 BENCHMARK(ranking_loss<rlhf::generic_only<rlhf::eigen_backend>>)->Args({9, 1});
 BENCHMARK(ranking_loss<rlhf::eigen_backend>)->Args({4, 1})->Args({9, 1});
+
+// The other CPU backends (no specializations: every hot path runs its generic form over the backend's
+// primitives). xtensor: one thread; Thrust's serial (cpp) system: one thread; Thrust's OpenMP system: 1 and 2.
+#define RLHF_OTHER_BACKEND(B, SHAPES, LOGITS)                                                        \
+  BENCHMARK(gae<B>) SHAPES->UseRealTime();                                                            \
+  BENCHMARK(token_logprobs<B>) LOGITS->Unit(benchmark::kMillisecond)->UseRealTime();                  \
+  BENCHMARK(token_entropy<B>) LOGITS->Unit(benchmark::kMillisecond)->UseRealTime();                   \
+  BENCHMARK(kl_rewards<B>) SHAPES->UseRealTime();                                                     \
+  BENCHMARK(whitening<B>) SHAPES->UseRealTime();                                                      \
+  BENCHMARK(ppo_clip_loss<B>) SHAPES->UseRealTime();                                                  \
+  BENCHMARK(value_loss<B>) SHAPES->UseRealTime();                                                     \
+  BENCHMARK(ranking_loss<B>)->Args({4, 1})->Args({9, 1})
+#define RLHF_LOSS_SHAPES_1T ->Args({64, 512, 1})->Args({256, 1024, 1})
+#define RLHF_LOGITS_1T ->Args({4096, 32000, 1})
+#define RLHF_LOGITS_12T ->Args({4096, 32000, 1})->Args({4096, 32000, 2})
+#if RLHF_HAS_XTENSOR
+RLHF_OTHER_BACKEND(rlhf::xtensor_backend, RLHF_LOSS_SHAPES_1T, RLHF_LOGITS_1T);
+#endif
+#if RLHF_HAS_THRUST
+RLHF_OTHER_BACKEND(rlhf::thrust_cpp_backend, RLHF_LOSS_SHAPES_1T, RLHF_LOGITS_1T);
+#if defined(_OPENMP)
+RLHF_OTHER_BACKEND(rlhf::thrust_omp_backend, RLHF_LOSS_SHAPES_12T, RLHF_LOGITS_12T);
+#endif
+#endif
 
 BENCHMARK_MAIN();
