@@ -140,6 +140,32 @@ void token_logprobs(benchmark::State& state) {
 }
 
 // PPO-clip forward+backward: reads logp, old logp, advantages (4 B each) and mask (1 B), writes d_logp: 17 B/elem.
+// Token log-probs forward + backward (the policy's loss gradient w.r.t. the logits, d_logprobs = 1 per row):
+// the forward reads the logits (4 B/elem), the backward reads them again and writes d logits (8 B/elem), in
+// place over the logits' gradient buffer: 12 B per vocabulary element.
+template <class Backend>
+void token_logprobs_fwd_bwd(benchmark::State& state) {
+  const Backend b = make_backend<Backend>(state, 2);
+  const auto rows = static_cast<std::size_t>(state.range(0)), vocab = static_cast<std::size_t>(state.range(1));
+  auto logits = rlhf::to_backend(b, random_vector<float>(rows * vocab, -8, 8, 4), rows, vocab);
+  std::vector<rlhf::token_type> ids(rows);
+  for (std::size_t r = 0; r < rows; ++r) ids[r] = static_cast<rlhf::token_type>((r * 7919) % vocab);
+  auto tokens = rlhf::to_backend(b, ids);
+  auto logp = rlhf::allocate<float>(b, rows), lse = rlhf::allocate<float>(b, rows);
+  auto d_logp = rlhf::to_backend(b, std::vector<float>(rows, 1.0f));
+  auto dlogits = rlhf::allocate<float>(b, rows, vocab);
+  b.fill(dlogits.view().flat(), 0.0f);  // fault its pages in before timing (the first iteration would pay them)
+  for (auto _ : state) {
+    rlhf::token_logprobs(b, logits.view(), tokens.view().flat(), {}, logp.view().flat(), lse.view().flat());
+    rlhf::token_logprobs_backward<Backend, float>(b, logits.view(), tokens.view().flat(), {}, lse.view().flat(),
+                                                  d_logp.view().flat(), {}, {}, dlogits.view());
+    benchmark::DoNotOptimize(dlogits.view().data);
+  }
+  const auto n = static_cast<std::int64_t>(rows * vocab);
+  state.SetItemsProcessed(state.iterations() * n);
+  state.SetBytesProcessed(state.iterations() * n * 12);
+}
+
 template <class Backend>
 void ppo_clip_loss(benchmark::State& state) {
   const Backend b = make_backend<Backend>(state, 2);
@@ -272,6 +298,9 @@ BENCHMARK(gae<rlhf::eigen_backend>) RLHF_SHAPES_2D_12T->UseRealTime();
 BENCHMARK(gae<rlhf::generic_only<rlhf::eigen_backend>>)->Args({64, 512, 1});
 BENCHMARK(token_logprobs<rlhf::reference_backend>)->Args({4096, 32000, 1})->Unit(benchmark::kMillisecond);
 BENCHMARK(token_logprobs<rlhf::eigen_backend>)
+    ->Args({4096, 32000, 1})->Args({4096, 32000, 2})->Args({512, 151936, 1})->Args({512, 151936, 2})
+    ->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(token_logprobs_fwd_bwd<rlhf::eigen_backend>)
     ->Args({4096, 32000, 1})->Args({4096, 32000, 2})->Args({512, 151936, 1})->Args({512, 151936, 2})
     ->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(token_entropy<rlhf::eigen_backend>)

@@ -6,7 +6,7 @@
 //   inputs:  shapes.txt ("rows cols logits_rows vocab prompts k4 k9"), rewards values x mask (GAE, whitening;
 //            [rows, cols]), logp ref scores old adv old_v ret (KL rewards, PPO-clip, value loss), logits
 //            tokens (log-probs, entropy), rank4 rank9 ([prompts, k] rewards listed best first)
-//   outputs: gae_adv gae_ret whiten kl_rewards logp_ours entropy_ours ppo_loss ppo_grad value_loss
+//   outputs: gae_adv gae_ret whiten kl_rewards logp_ours entropy_ours dlogits_ours ppo_loss ppo_grad value_loss
 //            value_grad ranking4_loss ranking4_grad ranking9_loss ranking9_grad
 //
 //     hot_paths_check <directory>
@@ -119,6 +119,12 @@ int main(int argc, char** argv) try {
     rlhf::token_logprobs(b, logits.view(), tokens.view().flat(), {}, lp.view().flat(), lse.view().flat(), ent.view().flat());
     out("logp_ours", lp.view());
     out("entropy_ours", ent.view());
+    // The gradient of sum(logp) w.r.t. the logits.
+    const auto ones = rlhf::to_backend(b, std::vector<float>(lrows, 1.0f));
+    auto dlogits = rlhf::allocate<float>(b, lrows, vocab);
+    rlhf::token_logprobs_backward<rlhf::eigen_backend, float>(b, logits.view(), tokens.view().flat(), {}, lse.view().flat(),
+                                                              ones.view().flat(), {}, {}, dlogits.view());
+    out("dlogits_ours", dlogits.view());
   }
   // The ranking loss over all C(K, 2) pairs of each prompt, responses listed best first.
   for (const std::size_t k : {k4, k9}) {

@@ -32,6 +32,7 @@ PEER_FORMS = {
     "value_loss": ["value_clip_fwd_bwd"],
     "token_logprobs": ["logp_naive", "logp_trl_rows"],
     "token_entropy": ["entropy_full"],
+    "token_logprobs_fwd_bwd": ["logp_naive_fwd_bwd", "logp_trl_rows_fwd_bwd"],
     "ranking_loss": ["ranking_k{k}"],
 }
 
@@ -113,6 +114,9 @@ def agreement(check, torch, peers):
                    ("clipped value loss gradient", ours("value_grad", (rows, cols)), v.grad, None)]
         checks += [("token log-probs", ours("logp_ours", (lrows,)), peers.logp_naive(a["logits"], tokens), None),
                    ("token entropy", ours("entropy_ours", (lrows,)), peers.entropy_full(a["logits"]), None)]
+        z = a["logits"].clone().requires_grad_(True)
+        peers.logp_naive(z, tokens).sum().backward()
+        checks.append(("token log-probs gradient (d logits)", ours("dlogits_ours", (lrows, vocab)), z.grad, None))
         for k in (4, 9):
             r = a[f"rank{k}"].clone().requires_grad_(True)
             rl = peers.ranking_all_pairs(r, k)

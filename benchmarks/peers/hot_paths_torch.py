@@ -13,6 +13,7 @@ rlhf-math.md); none of the peers' code is used:
     logp_naive         log_softmax over the vocabulary + gather (DeepSpeed-Chat)
     logp_trl_rows      TRL's selective log-softmax on 2-D input: per-row logsumexp loop
     entropy_full       full softmax entropy, -(p * log p).sum(-1) (TRL per micro-batch)
+    logp_*_fwd_bwd     the two log-prob forms with autograd's backward of their sum (d logits)
     kl_rewards_k1      -beta (logp - ref_logp), score added at the last valid token
     ppo_clip_fwd_bwd   PPO clipped surrogate, masked token mean, statistics under no_grad, backward
     ppo_value_fwd_bwd  the same plus the clipped value loss (vf_coef 0.1), TRL-shaped
@@ -215,6 +216,13 @@ def measure(quick=False, verbose=True):
         run("logp_naive", shape, lambda: logp_naive(logits, tokens), 3)
         run("logp_trl_rows", shape, lambda: logp_trl_rows(logits, tokens), 3)
         run("entropy_full", shape, lambda: entropy_full(logits), 3)
+
+        def logp_fwd_bwd(form):
+            x = logits.detach().requires_grad_(True)
+            form(x, tokens).sum().backward()
+
+        run("logp_naive_fwd_bwd", shape, lambda: logp_fwd_bwd(logp_naive), 3)
+        run("logp_trl_rows_fwd_bwd", shape, lambda: logp_fwd_bwd(logp_trl_rows), 3)
         del logits
     return results
 
