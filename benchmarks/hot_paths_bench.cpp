@@ -5,7 +5,8 @@
 // implementation must move (stated at each benchmark), so bytes/s divided by the triad's bytes/s is the
 // fraction of the bandwidth limit. Benchmarks of parallel kernels run at 1 and 2 threads
 // (eigen_backend{threads}; the last argument of the benchmark name). Where built with them, the xtensor
-// backend and Thrust's serial and OpenMP host systems run every hot path too (their generic forms).
+// backend and Thrust's serial and OpenMP host systems run every hot path too (their generic forms). The
+// benchmark bodies are in hot_paths.hpp (shared with hot_paths_cuda_bench.cu); this file registers them.
 //
 //   cmake --preset benchmarks && cmake --build --preset benchmarks --target hot_paths_bench
 //   ./build/benchmarks/benchmarks/hot_paths_bench
@@ -20,6 +21,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "hot_paths.hpp"
 #include "rlhf/advantages/gae.hpp"
 #include "rlhf/advantages/kl_penalized_rewards.hpp"
 #include "rlhf/backends/eigen.hpp"
@@ -41,41 +43,27 @@
 #include <omp.h>
 #endif
 
-namespace {
-
-template <class T>
-std::vector<T> random_vector(std::size_t n, double lo, double hi, unsigned seed) {
-  std::mt19937 g(seed);
-  std::uniform_real_distribution<double> d(lo, hi);
-  std::vector<T> v(n);
-  for (auto& x : v) x = static_cast<T>(d(g));
-  return v;
-}
-
-std::vector<rlhf::mask_type> ragged_mask(std::size_t rows, std::size_t cols, unsigned seed) {
-  std::mt19937 g(seed);
-  std::uniform_int_distribution<std::size_t> len(cols / 2, cols);
-  std::vector<rlhf::mask_type> m(rows * cols, 0);
-  for (std::size_t r = 0; r < rows; ++r) {
-    const std::size_t l = len(g);
-    for (std::size_t c = 0; c < l; ++c) m[r * cols + c] = 1;
+namespace rlhf::bench {
+// eigen_backend takes its thread count from the benchmark's `threads` argument; Thrust's OpenMP system runs
+// on omp_get_max_threads() threads, set from the same argument.
+template <>
+struct backend_maker<rlhf::eigen_backend> {
+  static rlhf::eigen_backend make(const benchmark::State& state, int arg) {
+    return rlhf::eigen_backend(static_cast<int>(state.range(arg)));
   }
-  return m;
-}
-
-// Backend for a benchmark: eigen_backend takes its thread count from the benchmark's `threads` argument.
-// Thrust's OpenMP system runs on omp_get_max_threads() threads: the benchmark sets it from the same argument.
-template <class Backend>
-Backend make_backend(const benchmark::State& state, int arg) {
-  if constexpr (std::is_same_v<Backend, rlhf::eigen_backend>) {
-    return Backend(static_cast<int>(state.range(arg)));
-  } else {
+};
 #if RLHF_HAS_THRUST && defined(_OPENMP)
-    if constexpr (std::is_same_v<Backend, rlhf::thrust_omp_backend>) omp_set_num_threads(static_cast<int>(state.range(arg)));
-#endif
-    return Backend{};
+template <>
+struct backend_maker<rlhf::thrust_omp_backend> {
+  static rlhf::thrust_omp_backend make(const benchmark::State& state, int arg) {
+    omp_set_num_threads(static_cast<int>(state.range(arg)));
+    return {};
   }
-}
+};
+#endif
+}  // namespace rlhf::bench
+
+namespace {
 
 // STREAM triad a[i] = b[i] + s c[i] on doubles, 3 x 64 MiB (far beyond L3): 24 B per element (STREAM
 // counting; write-allocate traffic not counted). Its bytes/s is the bandwidth every other figure is
@@ -103,187 +91,9 @@ void triad(benchmark::State& state) {
 }
 
 // GAE + returns: reads rewards, values (4 B each), mask (1 B); writes advantages, returns (4 B each): 17 B/elem.
-template <class Backend>
-void gae(benchmark::State& state) {
-  const Backend b = make_backend<Backend>(state, 2);
-  const auto rows = static_cast<std::size_t>(state.range(0)), cols = static_cast<std::size_t>(state.range(1));
-  auto rewards = rlhf::to_backend(b, random_vector<float>(rows * cols, -1, 1, 1), rows, cols);
-  auto values = rlhf::to_backend(b, random_vector<float>(rows * cols, -1, 1, 2), rows, cols);
-  auto mask = rlhf::to_backend(b, ragged_mask(rows, cols, 3), rows, cols);
-  auto adv = rlhf::allocate<float>(b, rows, cols), ret = rlhf::allocate<float>(b, rows, cols);
-  for (auto _ : state) {
-    rlhf::gae(b, rewards.view(), values.view(), mask.view(), adv.view(), ret.view());
-    benchmark::DoNotOptimize(adv.data());
-  }
-  const auto n = static_cast<std::int64_t>(rows * cols);
-  state.SetItemsProcessed(state.iterations() * n);
-  state.SetBytesProcessed(state.iterations() * n * 17);
-}
-
-// Token log-probs forward (with logsumexp saved): one read of the fp32 logits, 4 B per vocabulary element.
-template <class Backend>
-void token_logprobs(benchmark::State& state) {
-  const Backend b = make_backend<Backend>(state, 2);
-  const auto rows = static_cast<std::size_t>(state.range(0)), vocab = static_cast<std::size_t>(state.range(1));
-  auto logits = rlhf::to_backend(b, random_vector<float>(rows * vocab, -8, 8, 4), rows, vocab);
-  std::vector<rlhf::token_type> ids(rows);
-  for (std::size_t r = 0; r < rows; ++r) ids[r] = static_cast<rlhf::token_type>((r * 7919) % vocab);
-  auto tokens = rlhf::to_backend(b, ids);
-  auto logp = rlhf::allocate<float>(b, rows), lse = rlhf::allocate<float>(b, rows);
-  for (auto _ : state) {
-    rlhf::token_logprobs(b, logits.view(), tokens.view().flat(), {}, logp.view().flat(), lse.view().flat());
-    benchmark::DoNotOptimize(logp.data());
-  }
-  const auto n = static_cast<std::int64_t>(rows * vocab);
-  state.SetItemsProcessed(state.iterations() * n);
-  state.SetBytesProcessed(state.iterations() * n * 4);
-}
-
-// PPO-clip forward+backward: reads logp, old logp, advantages (4 B each) and mask (1 B), writes d_logp: 17 B/elem.
-// Token log-probs forward + backward (the policy's loss gradient w.r.t. the logits, d_logprobs = 1 per row):
-// the forward reads the logits (4 B/elem), the backward reads them again and writes d logits (8 B/elem), in
-// place over the logits' gradient buffer: 12 B per vocabulary element.
-template <class Backend>
-void token_logprobs_fwd_bwd(benchmark::State& state) {
-  const Backend b = make_backend<Backend>(state, 2);
-  const auto rows = static_cast<std::size_t>(state.range(0)), vocab = static_cast<std::size_t>(state.range(1));
-  auto logits = rlhf::to_backend(b, random_vector<float>(rows * vocab, -8, 8, 4), rows, vocab);
-  std::vector<rlhf::token_type> ids(rows);
-  for (std::size_t r = 0; r < rows; ++r) ids[r] = static_cast<rlhf::token_type>((r * 7919) % vocab);
-  auto tokens = rlhf::to_backend(b, ids);
-  auto logp = rlhf::allocate<float>(b, rows), lse = rlhf::allocate<float>(b, rows);
-  auto d_logp = rlhf::to_backend(b, std::vector<float>(rows, 1.0f));
-  auto dlogits = rlhf::allocate<float>(b, rows, vocab);
-  b.fill(dlogits.view().flat(), 0.0f);  // fault its pages in before timing (the first iteration would pay them)
-  for (auto _ : state) {
-    rlhf::token_logprobs(b, logits.view(), tokens.view().flat(), {}, logp.view().flat(), lse.view().flat());
-    rlhf::token_logprobs_backward<Backend, float>(b, logits.view(), tokens.view().flat(), {}, lse.view().flat(),
-                                                  d_logp.view().flat(), {}, {}, dlogits.view());
-    benchmark::DoNotOptimize(dlogits.view().data);
-  }
-  const auto n = static_cast<std::int64_t>(rows * vocab);
-  state.SetItemsProcessed(state.iterations() * n);
-  state.SetBytesProcessed(state.iterations() * n * 12);
-}
-
-template <class Backend>
-void ppo_clip_loss(benchmark::State& state) {
-  const Backend b = make_backend<Backend>(state, 2);
-  const auto rows = static_cast<std::size_t>(state.range(0)), cols = static_cast<std::size_t>(state.range(1));
-  auto logp = rlhf::to_backend(b, random_vector<float>(rows * cols, -3, -1, 5), rows, cols);
-  auto old_logp = rlhf::to_backend(b, random_vector<float>(rows * cols, -3, -1, 6), rows, cols);
-  auto adv = rlhf::to_backend(b, random_vector<float>(rows * cols, -1, 1, 7), rows, cols);
-  auto mask = rlhf::to_backend(b, ragged_mask(rows, cols, 8), rows, cols);
-  auto d_logp = rlhf::allocate<float>(b, rows, cols);
-  for (auto _ : state) {
-    auto stats = rlhf::ppo_clip_loss(b, logp.view(), old_logp.view(), adv.view(), mask.view(), d_logp.view());
-    benchmark::DoNotOptimize(stats);
-  }
-  const auto n = static_cast<std::int64_t>(rows * cols);
-  state.SetItemsProcessed(state.iterations() * n);
-  state.SetBytesProcessed(state.iterations() * n * 17);
-}
-
-// Ranking loss, 64 prompts of K responses (all C(K,2) pairs), forward+backward. Call overhead dominates.
-template <class Backend>
-void ranking_loss(benchmark::State& state) {
-  const Backend b = make_backend<Backend>(state, 1);
-  const std::size_t prompts = 64, k = static_cast<std::size_t>(state.range(0));
-  auto rewards = rlhf::to_backend(b, random_vector<float>(prompts * k, -1, 1, 9), prompts, k);
-  std::vector<std::int32_t> ranks(prompts * k), counts(prompts, static_cast<std::int32_t>(k));
-  for (std::size_t i = 0; i < ranks.size(); ++i) ranks[i] = static_cast<std::int32_t>(i % k);
-  auto rank_buf = rlhf::to_backend(b, ranks, prompts, k);
-  auto count_buf = rlhf::to_backend(b, counts);
-  auto grad = rlhf::allocate<float>(b, prompts, k);
-  for (auto _ : state) {
-    auto stats = rlhf::ranking_loss<Backend, float>(b, rewards.view(), rank_buf.view(), count_buf.view().flat(), grad.view());
-    benchmark::DoNotOptimize(stats);
-  }
-  state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(prompts));
-}
-
-// Token log-probs with the entropy output: one read of the logits (4 B per vocabulary element); the
-// entropy adds a weighted sum to the same pass.
-template <class Backend>
-void token_entropy(benchmark::State& state) {
-  const Backend b = make_backend<Backend>(state, 2);
-  const auto rows = static_cast<std::size_t>(state.range(0)), vocab = static_cast<std::size_t>(state.range(1));
-  auto logits = rlhf::to_backend(b, random_vector<float>(rows * vocab, -8, 8, 14), rows, vocab);
-  std::vector<rlhf::token_type> ids(rows);
-  for (std::size_t r = 0; r < rows; ++r) ids[r] = static_cast<rlhf::token_type>((r * 7919) % vocab);
-  auto tokens = rlhf::to_backend(b, ids);
-  auto logp = rlhf::allocate<float>(b, rows), lse = rlhf::allocate<float>(b, rows), ent = rlhf::allocate<float>(b, rows);
-  for (auto _ : state) {
-    rlhf::token_logprobs(b, logits.view(), tokens.view().flat(), {}, logp.view().flat(), lse.view().flat(),
-                         ent.view().flat());
-    benchmark::DoNotOptimize(ent.data());
-  }
-  const auto n = static_cast<std::int64_t>(rows * vocab);
-  state.SetItemsProcessed(state.iterations() * n);
-  state.SetBytesProcessed(state.iterations() * n * 4);
-}
-
-// KL-penalized rewards (k1 estimator, score at the last valid token): reads logp, ref logp (4 B each) and
-// the mask (1 B), writes the KL and the rewards (4 B each): 17 B/elem.
-template <class Backend>
-void kl_rewards(benchmark::State& state) {
-  const Backend b = make_backend<Backend>(state, 2);
-  const auto rows = static_cast<std::size_t>(state.range(0)), cols = static_cast<std::size_t>(state.range(1));
-  auto logp = rlhf::to_backend(b, random_vector<float>(rows * cols, -3, -1, 15), rows, cols);
-  auto ref = rlhf::to_backend(b, random_vector<float>(rows * cols, -3, -1, 16), rows, cols);
-  auto scores = rlhf::to_backend(b, random_vector<float>(rows, -1, 1, 17));
-  auto mask = rlhf::to_backend(b, ragged_mask(rows, cols, 18), rows, cols);
-  auto kl = rlhf::allocate<float>(b, rows, cols), rewards = rlhf::allocate<float>(b, rows, cols);
-  for (auto _ : state) {
-    auto stats = rlhf::kl_penalized_rewards<Backend, float>(b, logp.view(), ref.view(), scores.view().flat(),
-                                                            mask.view(), {}, kl.view(), rewards.view(),
-                                                            rlhf::kl_estimator_options{});
-    benchmark::DoNotOptimize(stats);
-  }
-  const auto n = static_cast<std::int64_t>(rows * cols);
-  state.SetItemsProcessed(state.iterations() * n);
-  state.SetBytesProcessed(state.iterations() * n * 17);
-}
-
-// Masked whitening (mean and variance over the valid entries, then (x - mean) / std): a statistics pass
-// (4 + 1 B) and a normalize pass (4 + 1 read, 4 write): 14 B/elem.
-template <class Backend>
-void whitening(benchmark::State& state) {
-  const Backend b = make_backend<Backend>(state, 2);
-  const auto rows = static_cast<std::size_t>(state.range(0)), cols = static_cast<std::size_t>(state.range(1));
-  auto x = rlhf::to_backend(b, random_vector<float>(rows * cols, -2, 3, 19), rows, cols);
-  auto mask = rlhf::to_backend(b, ragged_mask(rows, cols, 20), rows, cols);
-  auto out = rlhf::allocate<float>(b, rows, cols);
-  for (auto _ : state) {
-    auto m = rlhf::whiten(b, x.view(), mask.view(), out.view());
-    benchmark::DoNotOptimize(m);
-  }
-  const auto n = static_cast<std::int64_t>(rows * cols);
-  state.SetItemsProcessed(state.iterations() * n);
-  state.SetBytesProcessed(state.iterations() * n * 14);
-}
-
-// Clipped value loss forward+backward: reads values, old values, returns (4 B each) and the mask (1 B),
-// writes d_values: 17 B/elem.
-template <class Backend>
-void value_loss(benchmark::State& state) {
-  const Backend b = make_backend<Backend>(state, 2);
-  const auto rows = static_cast<std::size_t>(state.range(0)), cols = static_cast<std::size_t>(state.range(1));
-  auto v = rlhf::to_backend(b, random_vector<float>(rows * cols, -1, 1, 21), rows, cols);
-  auto old = rlhf::to_backend(b, random_vector<float>(rows * cols, -1, 1, 22), rows, cols);
-  auto ret = rlhf::to_backend(b, random_vector<float>(rows * cols, -1, 1, 23), rows, cols);
-  auto mask = rlhf::to_backend(b, ragged_mask(rows, cols, 24), rows, cols);
-  auto d = rlhf::allocate<float>(b, rows, cols);
-  for (auto _ : state) {
-    auto stats = rlhf::clipped_value_loss(b, v.view(), old.view(), ret.view(), mask.view(), d.view());
-    benchmark::DoNotOptimize(stats);
-  }
-  const auto n = static_cast<std::int64_t>(rows * cols);
-  state.SetItemsProcessed(state.iterations() * n);
-  state.SetBytesProcessed(state.iterations() * n * 17);
-}
-
 }  // namespace
+
+using namespace rlhf::bench;
 
 // Shapes [rows, cols, threads]; the reference and generic-only backends ignore the thread argument
 // (they run on one thread), so they are registered with threads = 1 only.
