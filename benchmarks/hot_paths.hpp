@@ -45,6 +45,18 @@ std::vector<T> random_vector(std::size_t n, double lo, double hi, unsigned seed)
   return v;
 }
 
+// Logits [rows, vocab] uniform in [-8, 8] and one token id per row (a fixed formula), on the backend.
+template <class Backend>
+auto random_logits(const Backend& b, std::size_t rows, std::size_t vocab, unsigned seed) {
+  return rlhf::to_backend(b, random_vector<float>(rows * vocab, -8, 8, seed), rows, vocab);
+}
+template <class Backend>
+auto row_tokens(const Backend& b, std::size_t rows, std::size_t vocab) {
+  std::vector<rlhf::token_type> ids(rows);
+  for (std::size_t r = 0; r < rows; ++r) ids[r] = static_cast<rlhf::token_type>((r * 7919) % vocab);
+  return rlhf::to_backend(b, ids);
+}
+
 inline std::vector<rlhf::mask_type> ragged_mask(std::size_t rows, std::size_t cols, unsigned seed) {
   std::mt19937 g(seed);
   std::uniform_int_distribution<std::size_t> len(cols / 2, cols);
@@ -79,10 +91,8 @@ template <class Backend>
 void token_logprobs(benchmark::State& state) {
   const Backend b = make_backend<Backend>(state, 2);
   const auto rows = static_cast<std::size_t>(state.range(0)), vocab = static_cast<std::size_t>(state.range(1));
-  auto logits = rlhf::to_backend(b, random_vector<float>(rows * vocab, -8, 8, 4), rows, vocab);
-  std::vector<rlhf::token_type> ids(rows);
-  for (std::size_t r = 0; r < rows; ++r) ids[r] = static_cast<rlhf::token_type>((r * 7919) % vocab);
-  auto tokens = rlhf::to_backend(b, ids);
+  auto logits = random_logits(b, rows, vocab, 4);
+  auto tokens = row_tokens(b, rows, vocab);
   auto logp = rlhf::allocate<float>(b, rows), lse = rlhf::allocate<float>(b, rows);
   for (auto _ : state) {
     rlhf::token_logprobs(b, logits.view(), tokens.view().flat(), {}, logp.view().flat(), lse.view().flat());
@@ -94,7 +104,6 @@ void token_logprobs(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * n * 4);
 }
 
-// PPO-clip forward+backward: reads logp, old logp, advantages (4 B each) and mask (1 B), writes d_logp: 17 B/elem.
 // Token log-probs forward + backward (the policy's loss gradient w.r.t. the logits, d_logprobs = 1 per row):
 // the forward reads the logits (4 B/elem), the backward reads them again and writes d logits (8 B/elem), in
 // place over the logits' gradient buffer: 12 B per vocabulary element.
@@ -102,10 +111,8 @@ template <class Backend>
 void token_logprobs_fwd_bwd(benchmark::State& state) {
   const Backend b = make_backend<Backend>(state, 2);
   const auto rows = static_cast<std::size_t>(state.range(0)), vocab = static_cast<std::size_t>(state.range(1));
-  auto logits = rlhf::to_backend(b, random_vector<float>(rows * vocab, -8, 8, 4), rows, vocab);
-  std::vector<rlhf::token_type> ids(rows);
-  for (std::size_t r = 0; r < rows; ++r) ids[r] = static_cast<rlhf::token_type>((r * 7919) % vocab);
-  auto tokens = rlhf::to_backend(b, ids);
+  auto logits = random_logits(b, rows, vocab, 4);
+  auto tokens = row_tokens(b, rows, vocab);
   auto logp = rlhf::allocate<float>(b, rows), lse = rlhf::allocate<float>(b, rows);
   auto d_logp = rlhf::to_backend(b, std::vector<float>(rows, 1.0f));
   auto dlogits = rlhf::allocate<float>(b, rows, vocab);
@@ -122,6 +129,7 @@ void token_logprobs_fwd_bwd(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * n * 12);
 }
 
+// PPO-clip forward+backward: reads logp, old logp, advantages (4 B each) and mask (1 B), writes d_logp: 17 B/elem.
 template <class Backend>
 void ppo_clip_loss(benchmark::State& state) {
   const Backend b = make_backend<Backend>(state, 2);
@@ -166,10 +174,8 @@ template <class Backend>
 void token_entropy(benchmark::State& state) {
   const Backend b = make_backend<Backend>(state, 2);
   const auto rows = static_cast<std::size_t>(state.range(0)), vocab = static_cast<std::size_t>(state.range(1));
-  auto logits = rlhf::to_backend(b, random_vector<float>(rows * vocab, -8, 8, 14), rows, vocab);
-  std::vector<rlhf::token_type> ids(rows);
-  for (std::size_t r = 0; r < rows; ++r) ids[r] = static_cast<rlhf::token_type>((r * 7919) % vocab);
-  auto tokens = rlhf::to_backend(b, ids);
+  auto logits = random_logits(b, rows, vocab, 14);
+  auto tokens = row_tokens(b, rows, vocab);
   auto logp = rlhf::allocate<float>(b, rows), lse = rlhf::allocate<float>(b, rows), ent = rlhf::allocate<float>(b, rows);
   for (auto _ : state) {
     rlhf::token_logprobs(b, logits.view(), tokens.view().flat(), {}, logp.view().flat(), lse.view().flat(),
