@@ -330,7 +330,10 @@ class overlapped_gradient_all_reduce {
   /// @param workspace packing buffers kept from step to step (rlhf::gradient_all_reduce_workspace), or null
   overlapped_gradient_all_reduce(const C& comm, const B& b, M& model, const gradient_all_reduce_options& options = {},
                                  gradient_all_reduce_workspace<B, T>* workspace = nullptr)
-      : model_(model), reducer_(comm, b, model.parameters(), options, workspace) {}
+      // One rank sums nothing: the parameter list (names and views) is not even built.
+      : model_(model),
+        reducer_(comm, b, comm.size() > 1 ? model.parameters() : parameter_list<T, typename B::memory_space>{}, options,
+                 workspace) {}
   overlapped_gradient_all_reduce(const overlapped_gradient_all_reduce&) = delete;
   overlapped_gradient_all_reduce& operator=(const overlapped_gradient_all_reduce&) = delete;
   ~overlapped_gradient_all_reduce() { disarm(); }
