@@ -345,6 +345,11 @@ TEMPLATE_TEST_CASE("eigen kl_penalized_rewards kernel matches the generic path",
       INFO("rows " << rows << " cols " << cols << " placement " << placement);
       CHECK_THAT(fast_r, close_to<T>(gen_r));
       CHECK(fast_r == two_r);
+      // Masked positions without the score hold +0, as in the generic path (the kernel masks by bits after the
+      // multiply by -beta, which would give -0).
+      std::size_t negative_zeros = 0;
+      for (std::size_t i = 0; i < fast_r.size(); ++i) negative_zeros += fast_r[i] == T(0) && std::signbit(fast_r[i]);
+      CHECK(negative_zeros == 0);
       CHECK(fast.valid_tokens == gen.valid_tokens);
       CHECK(fast.scored_rows == gen.scored_rows);
       CHECK(fast.mean_kl == Approx(gen.mean_kl).epsilon(1e-12).margin(1e-15));

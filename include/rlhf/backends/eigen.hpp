@@ -14,6 +14,7 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -49,6 +50,11 @@ struct eigen_backend {
   /// (OMP_WAIT_POLICY=passive): at 2^15 elements the hot paths ran 2-4x slower on two threads than on one
   /// (docs/benchmarks.md), at 2^18 they gain. Tests set it to 1 to run the parallel paths on small shapes.
   std::size_t parallel_threshold = std::size_t(1) << 17;
+  /// Elements of a light streaming loop (a few vectorized operations per element: the masked moments, the
+  /// whitening's normalize pass, the KL-penalized rewards) that count as one unit of work toward
+  /// parallel_threshold: such loops ran slower on two threads than on one at 2^18 elements and gained from
+  /// 2^19 (docs/benchmarks.md).
+  static constexpr std::size_t light_elements_per_work = 4;
   /// Multiply-adds from which a GEMM uses the backend's threads (below: one thread).
   static constexpr double parallel_gemm_work = double(1 << 24);
 
@@ -233,6 +239,25 @@ struct eigen_backend {
 static_assert(complete_backend<eigen_backend>);
 
 namespace detail {
+/// The unsigned integer as wide as float or double: the bits of a value, or a mask over them.
+template <class T>
+using eigen_bits = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+
+/// All ones when valid, else all zeros: a mask over the bits of a T (see eigen_keep_if).
+template <class T>
+RLHF_FORCE_INLINE eigen_bits<T> eigen_keep_mask(bool valid) {
+  return eigen_bits<T>(0) - eigen_bits<T>(valid);
+}
+
+/// `valid ? x : +0` by a bit mask, for float or double. Branch-free, so the kernels' masked sums vectorize (GCC 12
+/// kept `sum += valid ? x : 0` scalar and branching), and NaN or Inf at a masked position never gets through (a
+/// multiply by the mask as 0/1 would let them: 0 * NaN = NaN).
+template <class T>
+RLHF_FORCE_INLINE T eigen_keep_if(T x, bool valid) {
+  static_assert(sizeof(T) == 4 || sizeof(T) == 8, "rlhf::detail::eigen_keep_if: T must be float or double");
+  return std::bit_cast<T>(std::bit_cast<eigen_bits<T>>(x) & eigen_keep_mask<T>(valid));
+}
+
 /// counts[r] = number of non-zero mask entries of row r: integer sums (exact and vectorized), rows in parallel.
 /// Used by the kernels' row weights (eigen/loss_aggregation.hpp, eigen/ppo_clip_loss.hpp).
 inline void eigen_valid_counts(const eigen_backend& b, matrix_view<const mask_type, host_space> mask, double* counts) {

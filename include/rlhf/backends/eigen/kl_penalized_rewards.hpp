@@ -3,15 +3,14 @@
 /// KL statistics in one pass per row, rows in parallel.
 ///
 /// The generic path makes two row reductions, two element passes and four reductions over [B, T]; this kernel
-/// reads kl and the mask once and writes the rewards once (Ouyang et al. 2022, InstructGPT, eq. 2, per
-/// token): per row, `rewards = valid ? -beta kl : 0` with the row's masked KL sum kept in eight double lanes
-/// (independent add chains the compiler vectorizes, instead of one dependent chain), the last valid column
-/// found from the row's end, and the shaped score added at the placement's column. Row results are folded
-/// in row order after the parallel region: the result does not depend on the thread count. Masked
-/// positions are selected out, never multiplied, so NaN there never reaches the rewards (verl PR #6361).
+/// reads the KL and the mask once and writes the rewards once (Ouyang et al. 2022, InstructGPT, eq. 2, per
+/// token): per row, one vectorized loop (RLHF_SIMD_LOOP) writes
+/// `rewards = valid ? -beta kl : +0` and sums the row's masked KL in double, counts the valid tokens and finds
+/// the last valid column; the shaped score is then added at the placement's column. Row results are folded in
+/// row order after the parallel region: the result does not depend on the thread count. Masked positions are
+/// masked by bits (detail::eigen_keep_if), never multiplied, so NaN there never reaches the rewards (verl PR
+/// #6361).
 #pragma once
-
-#include <Eigen/Core>
 
 #include <cstddef>
 #include <cstdint>
@@ -19,6 +18,7 @@
 
 #include "rlhf/backends/eigen.hpp"
 #include "rlhf/backends/view.hpp"
+#include "rlhf/config.hpp"
 
 namespace rlhf::backends {
 
@@ -48,48 +48,30 @@ void rlhf_specialized_kl_penalized_rewards(const eigen_backend& b, matrix_view<c
     bool scored = false;
   };
   std::vector<row_result> per_row(rows);
-  constexpr std::size_t lanes = 8;
-  using array_t = Eigen::Array<T, Eigen::Dynamic, 1>;
-  b.parallel_ranges(rows, rows * cols, [&](std::size_t rb, std::size_t re) {
-    std::vector<T> valid_t, kept;  // per-thread row scratch
+  const T neg_beta = -beta;
+  b.parallel_ranges(rows, rows * cols / eigen_backend::light_elements_per_work, [&](std::size_t rb, std::size_t re) {
     for (std::size_t r = rb; r < re; ++r) {
       const T* __restrict k = kl.data + r * cols;
       const mask_type* __restrict m = mask.data + r * cols;
       T* __restrict out = rewards.data + r * cols;
-      // The mask as T (a uint8 -> T loop the compiler vectorizes), then Eigen's vectorized select: loops that
-      // mixed the uint8 mask with T loads stayed scalar under GCC 12. Masked positions are selected out, so
-      // NaN there never reaches the rewards or the sum.
-      if (valid_t.size() < cols) valid_t.resize(cols), kept.resize(cols);
-      std::uint32_t count32 = 0;
-      for (std::size_t t = 0; t < cols; ++t) {
-        valid_t[t] = m[t] != 0 ? T(1) : T(0);
-        count32 += m[t] != 0 ? 1u : 0u;
-      }
-      const std::size_t count = count32;
-      const auto n = static_cast<Eigen::Index>(cols);
-      const Eigen::Map<const array_t> kv(k, n), vv(valid_t.data(), n);
-      Eigen::Map<array_t> kept_v(kept.data(), n);
-      kept_v = (vv != T(0)).select(kv, T(0));
-      Eigen::Map<array_t>(out, n) = kept_v * (-beta);
-      double acc[lanes] = {};
-      std::size_t t = 0;
-      for (; t + lanes <= cols; t += lanes) {
-        for (std::size_t j = 0; j < lanes; ++j) acc[j] += static_cast<double>(kept[t + j]);
-      }
-      for (std::size_t j = 0; t < cols; ++t, ++j) acc[j] += static_cast<double>(kept[t]);
+      // The same loop finds the last valid column (a max reduction over valid ? t + 1 : 0).
       double sum = 0;
-      for (std::size_t j = 0; j < lanes; ++j) sum += acc[j];
+      std::uint32_t count32 = 0, last_plus_one = 0;
+      RLHF_SIMD_LOOP(reduction(+ : sum, count32) reduction(max : last_plus_one))
+      for (std::size_t t = 0; t < cols; ++t) {
+        const bool valid = m[t] != 0;
+        const T kept = detail::eigen_keep_if(k[t], valid);
+        out[t] = detail::eigen_keep_if(kept * neg_beta, valid);  // +0 where masked (the product alone gives -0)
+        sum += static_cast<double>(kept);
+        count32 += valid ? 1u : 0u;
+        const std::uint32_t at = valid ? static_cast<std::uint32_t>(t + 1) : 0u;
+        last_plus_one = at > last_plus_one ? at : last_plus_one;
+      }
       row_result& res = per_row[r];
       res.kl = sum;
-      res.count = count;
-      if (count == 0) continue;  // no valid token: no score
-      std::size_t last = cols;
-      for (std::size_t c = cols; c-- > 0;) {
-        if (m[c]) {
-          last = c;
-          break;
-        }
-      }
+      res.count = count32;
+      if (count32 == 0) continue;  // no valid token: no score
+      const std::size_t last = last_plus_one - 1;
       std::size_t target = last;
       if (placement == 1) target = cols - 1;
       else if (placement == 2) target = last + 1 < cols ? last + 1 : cols - 1;
