@@ -356,10 +356,10 @@ TEMPLATE_TEST_CASE("gae: the Eigen fused kernel matches the generic path, thread
                    float, double) {
   using T = TestType;
   auto g = rng(17);
-  const std::size_t rows = 80, cols = 450;  // above the parallel threshold
+  const std::size_t rows = 80, cols = 450;
   const auto r = normal<T>(g, rows * cols), v = normal<T>(g, rows * cols);
   const auto m = random_mask(g, rows * cols, 0.75);
-  const eigen_backend threaded, serial(1);
+  const eigen_backend threaded(2, 1), serial(1);  // threaded: parallel from one element of work on
   const generic_only<eigen_backend> generic;
   auto run = [&](const auto& b) {
     auto br = to_backend(b, r, rows, cols), bv = to_backend(b, v, rows, cols);

@@ -3,20 +3,19 @@
 /// in one read of the inputs and one write of the gradient, rows in parallel.
 ///
 /// The generic path makes an element pass for the gradient and a row reduction for the statistics, each
-/// evaluating the per-token math in scalar double. This kernel walks each row in chunks that stay in L1:
-/// a branch-free loop (selects only, which GCC 12 vectorizes) evaluates the same double arithmetic as the
-/// generic `value_loss_math` (so every clip decision is identical), writes `w_r * grad` (0 at masked
-/// positions, selected out, so NaN there never leaks) and stores the per-token terms, then eight double
-/// lanes sum them. Rows are folded in row order after the parallel region: identical bits on any thread
-/// count.
+/// evaluating the per-token math in scalar double. This kernel makes one branch-free loop per row (selects
+/// only, vectorized with its six sums by RLHF_SIMD_LOOP) that evaluates the same double arithmetic as the
+/// generic `value_loss_math` (so every clip decision is identical), writes `w_r * grad` (+0 at masked
+/// positions, masked by bits, so NaN there never leaks) and sums the per-token terms. Rows are folded in row
+/// order after the parallel region: identical bits on any thread count.
 #pragma once
 
-#include <algorithm>
 #include <cstddef>
 #include <vector>
 
 #include "rlhf/backends/eigen.hpp"
 #include "rlhf/backends/view.hpp"
+#include "rlhf/config.hpp"
 
 namespace rlhf::backends {
 
@@ -31,73 +30,60 @@ void rlhf_specialized_clipped_value_loss(const eigen_backend& b, matrix_view<con
                                          vector_view<const double, host_space> w, matrix_view<T, host_space> d_values,
                                          double clip, double& loss, double& tokens, double& clipped, double& value,
                                          double& ret, double& sq) {
-  constexpr std::size_t chunk = 256, lanes = 8, terms = 6;
+  constexpr std::size_t terms = 6;
   const std::size_t rows = values.rows, cols = values.cols;
   std::vector<double> per_row(rows * terms, 0.0);
   const bool want_grad = d_values.data != nullptr;
   const double clip_on = clip > 0 ? 1.0 : 0.0;  // clip = 0: the plain squared error
+  // One row: sums of the per-token loss, valid, clipped, value, return and squared error; the gradient if
+  // Grad. Locals, not captured references: the stores could alias a captured double as far as the compiler
+  // knows, which kept the loop scalar.
+  const auto row_pass = [&]<bool Grad>(std::size_t r) {
+    const std::size_t base = r * cols;
+    const double wr = w.data[r], clip_v = clip, clip_flag = clip_on;
+    const T* __restrict vp = values.data + base;
+    const T* __restrict op = old_values.data + base;
+    const T* __restrict rp = returns.data + base;
+    const mask_type* __restrict mp = mask.data + base;
+    T* __restrict dp = Grad ? d_values.data + base : nullptr;
+    double s_loss = 0, s_valid = 0, s_clipped = 0, s_value = 0, s_return = 0, s_sq = 0;
+    RLHF_SIMD_LOOP(reduction(+ : s_loss, s_valid, s_clipped, s_value, s_return, s_sq))
+    for (std::size_t i = 0; i < cols; ++i) {
+      // value_loss_math (rlhf/losses/value_loss.hpp) in double: 1/2 max(d1^2, d2^2) where V' - V is clipped,
+      // the gradient d1 where the unclipped term is active. Masked positions may hold NaN: every output is
+      // masked by bits (detail::eigen_keep_if), never multiplied.
+      const bool ok = mp[i] != 0;
+      const double v = static_cast<double>(vp[i]), vo = static_cast<double>(op[i]), rt = static_cast<double>(rp[i]);
+      const double d1 = v - rt;
+      const double diff = v - vo;
+      const double low = diff < -clip_v ? -clip_v : diff;  // ternaries, not std::min/max (references
+      const double clamped = low > clip_v ? clip_v : low;  // to temporaries kept GCC from vectorizing)
+      const double d2 = vo + clamped - rt;
+      const double above = diff > clip_v ? 1.0 : 0.0;
+      const double outside = diff < -clip_v ? 1.0 : above;
+      const double sq1 = d1 * d1, sq2 = d2 * d2;
+      const double use2 = sq2 > sq1 ? outside * clip_flag : 0.0;
+      const double l = 0.5 * (use2 != 0.0 ? sq2 : sq1);
+      s_loss += detail::eigen_keep_if(l, ok);
+      s_valid += detail::eigen_keep_if(1.0, ok);
+      s_clipped += detail::eigen_keep_if(use2, ok);
+      s_value += detail::eigen_keep_if(v, ok);
+      s_return += detail::eigen_keep_if(rt, ok);
+      s_sq += detail::eigen_keep_if(sq1, ok);
+      if constexpr (Grad) dp[i] = static_cast<T>(detail::eigen_keep_if(wr * (use2 != 0.0 ? 0.0 : d1), ok));
+    }
+    double* out = per_row.data() + r * terms;
+    out[0] = s_loss;
+    out[1] = s_valid;
+    out[2] = s_clipped;
+    out[3] = s_value;
+    out[4] = s_return;
+    out[5] = s_sq;
+  };
   b.parallel_ranges(rows, rows * cols, [&](std::size_t rb, std::size_t re) {
-    alignas(64) double buf[terms][chunk];  // per token: loss, valid, clipped, value, return, squared error
-    // Locals, not the captured references: stores to the double buffers could alias a captured double as far
-    // as the compiler knows, which kept the loops below scalar.
-    const double clip_v = clip, clip_flag = clip_on;
     for (std::size_t r = rb; r < re; ++r) {
-      const std::size_t base = r * cols;
-      const double wr = w.data[r];
-      double acc[terms][lanes] = {};
-      for (std::size_t c0 = 0; c0 < cols; c0 += chunk) {
-        const std::size_t len = std::min(chunk, cols - c0);
-        const T* __restrict vp = values.data + base + c0;
-        const T* __restrict op = old_values.data + base + c0;
-        const T* __restrict rp = returns.data + base + c0;
-        const mask_type* __restrict mp = mask.data + base + c0;
-        T* __restrict dp = want_grad ? d_values.data + base + c0 : nullptr;
-        // (1) Inputs as double (plain conversion loops vectorize).
-        alignas(64) double vv[chunk], ov[chunk], rv[chunk], gv[chunk];
-        for (std::size_t i = 0; i < len; ++i) buf[1][i] = mp[i] != 0 ? 1.0 : 0.0;
-        for (std::size_t i = 0; i < len; ++i) vv[i] = static_cast<double>(vp[i]);
-        for (std::size_t i = 0; i < len; ++i) ov[i] = static_cast<double>(op[i]);
-        for (std::size_t i = 0; i < len; ++i) rv[i] = static_cast<double>(rp[i]);
-        // (2) value_loss_math (rlhf/losses/value_loss.hpp) in double, selects on double only: 1/2 max(d1^2,
-        // d2^2) where V' - V is clipped, the gradient d1 where the unclipped term is active.
-        // Masked positions may hold NaN: every output is selected on `valid` (never multiplied by it).
-        for (std::size_t i = 0; i < len; ++i) {
-          const double valid = buf[1][i], v = vv[i], vo = ov[i], rt = rv[i];
-          const double d1 = v - rt;
-          const double diff = v - vo;
-          const double low = diff < -clip_v ? -clip_v : diff;  // ternaries, not std::min/max (references
-          const double clamped = low > clip_v ? clip_v : low;  // to temporaries kept GCC from vectorizing)
-          const double d2 = vo + clamped - rt;
-          const double above = diff > clip_v ? 1.0 : 0.0;
-          const double outside = diff < -clip_v ? 1.0 : above;
-          const double sq1 = d1 * d1, sq2 = d2 * d2;
-          const double use2 = sq2 > sq1 ? outside * clip_flag : 0.0;
-          const double l = 0.5 * (use2 != 0.0 ? sq2 : sq1);
-          const double g = wr * (use2 != 0.0 ? 0.0 : d1);
-          const bool ok = valid != 0.0;
-          buf[0][i] = ok ? l : 0.0;
-          buf[2][i] = ok ? use2 : 0.0;
-          buf[3][i] = ok ? v : 0.0;
-          buf[4][i] = ok ? rt : 0.0;
-          buf[5][i] = ok ? sq1 : 0.0;
-          gv[i] = ok ? g : 0.0;
-        }
-        if (want_grad) {
-          for (std::size_t i = 0; i < len; ++i) dp[i] = static_cast<T>(gv[i]);
-        }
-        for (std::size_t k = 0; k < terms; ++k) {
-          std::size_t i = 0;
-          for (; i + lanes <= len; i += lanes) {
-            for (std::size_t j = 0; j < lanes; ++j) acc[k][j] += buf[k][i + j];
-          }
-          for (std::size_t j = 0; i < len; ++i, ++j) acc[k][j] += buf[k][i];
-        }
-      }
-      for (std::size_t k = 0; k < terms; ++k) {
-        double s = 0;
-        for (std::size_t j = 0; j < lanes; ++j) s += acc[k][j];
-        per_row[r * terms + k] = s;
-      }
+      if (want_grad) row_pass.template operator()<true>(r);
+      else row_pass.template operator()<false>(r);
     }
   });
   loss = tokens = clipped = value = ret = sq = 0;
