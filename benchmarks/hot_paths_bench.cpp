@@ -130,6 +130,7 @@ BENCHMARK(ranking_loss<rlhf::eigen_backend>)->Args({4, 1})->Args({9, 1});
 #define RLHF_OTHER_BACKEND(B, SHAPES, LOGITS)                                                        \
   BENCHMARK(gae<B>) SHAPES->UseRealTime();                                                            \
   BENCHMARK(token_logprobs<B>) LOGITS->Unit(benchmark::kMillisecond)->UseRealTime();                  \
+  BENCHMARK(token_logprobs_fwd_bwd<B>) LOGITS->Unit(benchmark::kMillisecond)->UseRealTime();          \
   BENCHMARK(token_entropy<B>) LOGITS->Unit(benchmark::kMillisecond)->UseRealTime();                   \
   BENCHMARK(kl_rewards<B>) SHAPES->UseRealTime();                                                     \
   BENCHMARK(whitening<B>) SHAPES->UseRealTime();                                                      \

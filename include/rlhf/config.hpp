@@ -44,9 +44,10 @@
 /// floating-point sum in source order, one add after the other, because reassociation changes the rounding.
 /// The order it picks is fixed for a given build, so results stay reproducible run to run. Active under
 /// OpenMP (`-fopenmp`), or `-fopenmp-simd` with `RLHF_OPENMP_SIMD` defined (the rlhf::eigen CMake target adds
-/// both when it does not use OpenMP); otherwise the loop compiles as written.
+/// both when it does not use OpenMP); otherwise, and under a CUDA compiler (generic row functors also run in
+/// device code), the loop compiles as written.
 #define RLHF_PRAGMA(text) _Pragma(#text)
-#if defined(_OPENMP) || defined(RLHF_OPENMP_SIMD)
+#if (defined(_OPENMP) || defined(RLHF_OPENMP_SIMD)) && !defined(__CUDACC__)
 #define RLHF_SIMD_LOOP(...) RLHF_PRAGMA(omp simd __VA_ARGS__)
 #else
 #define RLHF_SIMD_LOOP(...)

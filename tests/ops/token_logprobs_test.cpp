@@ -332,6 +332,28 @@ TEMPLATE_LIST_TEST_CASE("token_logprobs: -inf (filtered) logits have probability
   CHECK(std::isnan(n.ent[0]));
 }
 
+TEMPLATE_LIST_TEST_CASE("token_logprobs: a NaN or +inf logit among finite ones makes its row NaN, not others",
+                        "[ops][token_logprobs]", all_configs) {
+  // Both paths of the generic float row (the two-pass one and the online fallback when the maximum is not
+  // finite) and every kernel: NaN in, NaN out, row by row.
+  using T = typename TestType::value;
+  const auto b = TestType::make();
+  auto g = rng(104);
+  const std::size_t rows = 4, v = 700;
+  auto z = normal<T>(g, rows * v, 0.0, 2.0);
+  z[0 * v + 5] = std::numeric_limits<T>::quiet_NaN();  // among finite logits: the maximum stays finite
+  z[1 * v + 600] = std::numeric_limits<T>::infinity();  // +inf: the maximum is not finite
+  for (std::size_t j = 0; j < v; ++j) z[2 * v + j] = std::numeric_limits<T>::quiet_NaN();  // nothing compares
+  const std::vector<token_type> tok{1, 2, 3, 4};
+  const auto f = run_forward(b, z, rows, v, tok, {}, 1.0);
+  for (std::size_t r = 0; r < 3; ++r) {
+    INFO("row " << r);
+    CHECK(std::isnan(static_cast<double>(f.logp[r])));
+  }
+  CHECK(std::isfinite(static_cast<double>(f.logp[3])));
+  CHECK(std::isfinite(static_cast<double>(f.ent[3])));
+}
+
 TEMPLATE_LIST_TEST_CASE("token_logprobs_backward matches the formula on random data", "[ops][token_logprobs]",
                         all_configs) {
   using T = typename TestType::value;

@@ -77,7 +77,8 @@ struct logp_online_state {
   /// entropy H (see the file comment).
   RLHF_HOST_DEVICE RLHF_FORCE_INLINE void finish(double zy, double inv_t, double& logp, double& lse,
                                                  double& entropy) const {
-    const double log_s = log(s);
+    // A +inf logit leaves no finite distribution: NaN results, like a NaN logit (a finite s would give -inf).
+    const double log_s = m == logp_inf ? logp_inf - logp_inf : log(s);
     // logp = u_y - (m inv_t + log s) = (z_y - m) inv_t - log s: the difference of raw logits first.
     logp = (zy - m) * inv_t - log_s;
     lse = m * inv_t + log_s;

@@ -64,7 +64,7 @@ logp_eigen_state logp_eigen_row_state(const T* row, std::size_t v, double inv_t,
     const Eigen::Index n = static_cast<Eigen::Index>(std::min(logp_chunk<T>, v - c0));
     const logp_const_map<T> z(row + c0, n);
     const T cmax = z.template maxCoeff<Eigen::PropagateNaN>();
-    if (cmax != cmax) {  // NaN logit: the row's results are NaN
+    if (cmax != cmax || cmax == -minus_inf) {  // NaN or +inf logit: the row's results are NaN
       st.nan = true;
       return st;
     }
