@@ -50,10 +50,11 @@ struct eigen_backend {
   /// (OMP_WAIT_POLICY=passive): at 2^15 elements the hot paths ran 2-4x slower on two threads than on one
   /// (docs/benchmarks.md), at 2^18 they gain. Tests set it to 1 to run the parallel paths on small shapes.
   std::size_t parallel_threshold = std::size_t(1) << 17;
-  /// Elements of a light streaming loop (a few vectorized operations per element: the masked moments, the
-  /// whitening's normalize pass, the KL-penalized rewards) that count as one unit of work toward
-  /// parallel_threshold: such loops ran slower on two threads than on one at 2^18 elements and gained from
-  /// 2^19 (docs/benchmarks.md).
+  /// Elements of a light streaming loop (a few vectorized operations per element: element maps (`transform`),
+  /// the masked moments, the whitening's normalize pass, the KL-penalized rewards) that count as one unit of
+  /// work toward parallel_threshold: such loops ran slower on two threads than on one at 2^18 elements (the
+  /// k1 KL map 67 us against 38, the rewards with it 166 against 125) and gained from 2^19
+  /// (docs/benchmarks.md).
   static constexpr std::size_t light_elements_per_work = 4;
   /// Multiply-adds from which a GEMM uses the backend's threads (below: one thread).
   static constexpr double parallel_gemm_work = double(1 << 24);
@@ -119,7 +120,8 @@ struct eigen_backend {
   template <class Out, class F, class... In>
   void transform(vector_view<Out, host_space> out, F f, vector_view<In, host_space>... in) const {
     detail::check_same_sizes("rlhf::eigen_backend::transform", out.size, in.size...);
-    parallel_ranges(out.size, out.size, [&](std::size_t b, std::size_t e) {
+    // An element map is a light streaming loop (see light_elements_per_work).
+    parallel_ranges(out.size, out.size / light_elements_per_work, [&](std::size_t b, std::size_t e) {
       Out* __restrict o = out.data;
       // A local copy of the functor: read through the closure's reference, its scalar members (a clamp, a
       // coefficient) could alias the stores to `o` as far as the compiler knows, which kept it from hoisting
