@@ -167,30 +167,61 @@ TEMPLATE_LIST_TEST_CASE("kl_penalized_rewards: matches the oracle on ragged and 
 
 TEMPLATE_LIST_TEST_CASE("kl_penalized_rewards: the convenience overload computes the KL and reports the one it used",
                         "[advantages][rewards]", all_configs) {
+  // The same results as kl_penalty then the rewards, bit for bit, also where a backend computes k1 inside the
+  // rewards pass (the Eigen backend, for k1 and k1_straight_through without a clamp); NaN at masked positions,
+  // interior holes, rows with no valid token, a row longer than a vector; with the finite checks on too.
   using T = typename TestType::value;
   using B = typename TestType::backend;
   const auto b = TestType::make();
   auto g = rng(32);
-  const std::size_t rows = 6, cols = 10;
-  const auto logp = uniform<T>(g, rows * cols, -3, 0), ref = uniform<T>(g, rows * cols, -3, 0);
-  const auto scores = normal<T>(g, rows);
-  const auto m = mask_from_lengths(random_lengths(g, rows, cols, 1), cols);
-  auto bp = to_backend(b, logp, rows, cols), br = to_backend(b, ref, rows, cols);
-  auto bs = to_backend(b, scores, 1, rows);
-  auto bm = to_backend(b, m, rows, cols);
-  auto kl = allocate<T>(b, rows, cols), rw = allocate<T>(b, rows, cols), kl2 = allocate<T>(b, rows, cols),
-       rw2 = allocate<T>(b, rows, cols);
-  for (const auto& ko : {kl_estimator_options::trl0(), kl_estimator_options::nemo(), kl_estimator_options::verl_low_var()}) {
-    const auto stats = kl_penalized_rewards(b, bp.view(), br.view(), bs.view().flat(), bm.view(),
-                                            backend_vector<B, const mask_type>{}, kl.view(), rw.view(), ko,
-                                            kl_penalized_rewards_options::orl());
-    kl_penalty(b, bp.view(), br.view(), bm.view(), kl2.view(), ko);
-    const auto stats2 = kl_penalized_rewards(b, kl2.view(), bs.view().flat(), bm.view(), rw2.view(),
-                                             kl_penalized_rewards_options::orl());
-    CHECK(to_host(b, kl.view()) == to_host(b, kl2.view()));
-    CHECK(to_host(b, rw.view()) == to_host(b, rw2.view()));
-    CHECK(stats.mean_kl == stats2.mean_kl);
-    CHECK(stats.mean_kl_sum == stats2.mean_kl_sum);
+  for (auto [rows, cols] : {std::pair<std::size_t, std::size_t>{6, 10}, {7, 300}}) {
+    auto logp = uniform<T>(g, rows * cols, -3, 0), ref = uniform<T>(g, rows * cols, -3, 0);
+    const auto scores = normal<T>(g, rows);
+    auto m = mask_from_lengths(random_lengths(g, rows, cols, 0), cols);
+    const auto holes = random_mask(g, rows * cols, 0.9);
+    for (std::size_t i = 0; i < m.size(); ++i) {
+      m[i] = static_cast<mask_type>(m[i] & holes[i]);
+      if (!m[i]) logp[i] = std::numeric_limits<T>::quiet_NaN();
+    }
+    auto bp = to_backend(b, logp, rows, cols), br = to_backend(b, ref, rows, cols);
+    auto bs = to_backend(b, scores, 1, rows);
+    auto bm = to_backend(b, m, rows, cols);
+    auto kl = allocate<T>(b, rows, cols), rw = allocate<T>(b, rows, cols), kl2 = allocate<T>(b, rows, cols),
+         rw2 = allocate<T>(b, rows, cols);
+    for (const bool finite_checks : {false, true}) {
+      set_finite_checks(finite_checks);
+      for (const auto& ko : {kl_estimator_options::trl0(), kl_estimator_options::nemo(), kl_estimator_options::verl_low_var(),
+                             kl_estimator_options{kl_estimator::k1_straight_through, 0, 20},
+                             kl_estimator_options{kl_estimator::k1, 0.5, 20}}) {
+        INFO("rows " << rows << " estimator " << static_cast<int>(ko.estimator) << " clamp " << ko.clamp
+                     << " finite checks " << finite_checks);
+        const auto stats = kl_penalized_rewards(b, bp.view(), br.view(), bs.view().flat(), bm.view(),
+                                                backend_vector<B, const mask_type>{}, kl.view(), rw.view(), ko,
+                                                kl_penalized_rewards_options::orl());
+        kl_penalty(b, bp.view(), br.view(), bm.view(), kl2.view(), ko);
+        const auto stats2 = kl_penalized_rewards(b, kl2.view(), bs.view().flat(), bm.view(), rw2.view(),
+                                                 kl_penalized_rewards_options::orl());
+        CHECK(to_host(b, kl.view()) == to_host(b, kl2.view()));
+        CHECK(to_host(b, rw.view()) == to_host(b, rw2.view()));
+        CHECK(stats.mean_kl == stats2.mean_kl);
+        CHECK(stats.mean_kl_sum == stats2.mean_kl_sum);
+        CHECK(stats.valid_tokens == stats2.valid_tokens);
+        CHECK(stats.scored_rows == stats2.scored_rows);
+        CHECK(stats.mean_score == stats2.mean_score);
+      }
+    }
+    set_finite_checks(false);
+    // With the checks on, NaN at a valid position is still reported (the one-pass path is skipped then).
+    logp[0] = std::numeric_limits<T>::quiet_NaN();
+    m[0] = 1;
+    auto bp_bad = to_backend(b, logp, rows, cols);
+    auto bm_bad = to_backend(b, m, rows, cols);
+    set_finite_checks(true);
+    CHECK_THROWS_AS(kl_penalized_rewards(b, bp_bad.view(), br.view(), bs.view().flat(), bm_bad.view(),
+                                         backend_vector<B, const mask_type>{}, kl.view(), rw.view(),
+                                         kl_estimator_options::trl0(), kl_penalized_rewards_options::orl()),
+                    non_finite_error);
+    set_finite_checks(false);
   }
 }
 

@@ -191,13 +191,31 @@ inline void check_rewards_options(std::string_view fn, const kl_penalized_reward
   }
 }
 
+// The log-probs of the k1 KL when the backend computes it inside the rewards pass (see
+// k1_kl_rewards_backend); kl_penalized_rewards_impl reads the KL from memory without it.
+template <class B, class T>
+struct k1_kl_source {
+  backend_matrix<B, const T> logp, ref_logp;
+  backend_matrix<B, T> kl;  // written by the pass
+};
+
+// A backend whose rewards pass can compute InstructGPT's k1 KL (logp - ref_logp, no clamp) on the way
+// (backends/eigen/kl_penalized_rewards.hpp has the Eigen backend's).
+template <class B, class T>
+concept k1_kl_rewards_backend =
+    requires(const B& b, backend_matrix<B, const T> in, backend_matrix<B, T> out, backend_matrix<B, const mask_type> mask,
+             backend_vector<B, const T> scores, T beta, double& d, std::size_t& n) {
+      rlhf_specialized_k1_kl_penalized_rewards(b, in, in, out, mask, scores, out, beta, 0, d, n, d, n);
+    };
+
 template <class B, class T>
 kl_penalized_rewards_stats kl_penalized_rewards_impl(const B& b, backend_matrix<B, const T> kl,
                                                      backend_vector<B, const T> scores,
                                                      backend_matrix<B, const mask_type> mask,
                                                      backend_vector<B, const mask_type> has_eos,
                                                      backend_matrix<B, T> rewards,
-                                                     const kl_penalized_rewards_options& options) {
+                                                     const kl_penalized_rewards_options& options,
+                                                     const k1_kl_source<B, T>* k1 = nullptr) {
   using S = typename B::memory_space;
   const std::size_t rows = kl.rows;
   kl_penalized_rewards_stats stats;
@@ -210,7 +228,13 @@ kl_penalized_rewards_stats kl_penalized_rewards_impl(const B& b, backend_matrix<
 
   double kl_total = 0;
   rewards_scored_sum sc;
-  if constexpr (requires(double& d, std::size_t& n) {
+  if (k1 != nullptr) {
+    if constexpr (k1_kl_rewards_backend<B, T>) {  // the caller passes k1 only then
+      rlhf_specialized_k1_kl_penalized_rewards(b, k1->logp, k1->ref_logp, k1->kl, mask, as_const(shaped), rewards,
+                                               static_cast<T>(options.beta), static_cast<int>(options.placement),
+                                               kl_total, stats.valid_tokens, sc.sum, sc.count);
+    }
+  } else if constexpr (requires(double& d, std::size_t& n) {
                   rlhf_specialized_kl_penalized_rewards(b, kl, mask, as_const(shaped), rewards, static_cast<T>(options.beta),
                                                         static_cast<int>(options.placement), d, n, d, n);
                 }) {
@@ -324,6 +348,19 @@ kl_penalized_rewards_stats kl_penalized_rewards(const B& b, std::type_identity_t
   detail::check_same_shape(fn, "rewards", rewards, "logp", logp);
   detail::check_kl_estimator_options(fn, kl_options);
   detail::check_rewards_options(fn, options);
+  // InstructGPT's k1 (value logp - ref_logp, no clamp) on a backend that computes it inside the rewards pass:
+  // one pass, the KL not read back. With the opt-in finite checks on, the two calls below run instead, so
+  // every check of both happens as documented.
+  if constexpr (detail::k1_kl_rewards_backend<B, T>) {
+    // (log_ratio_clamp acts inside k3 only.)
+    const bool k1 =
+        (kl_options.estimator == kl_estimator::k1 || kl_options.estimator == kl_estimator::k1_straight_through) &&
+        kl_options.clamp == 0;
+    if (k1 && !finite_checks_enabled()) {
+      const detail::k1_kl_source<B, T> source{logp, ref_logp, kl};
+      return detail::kl_penalized_rewards_impl<B, T>(b, as_const(kl), scores, mask, has_eos, rewards, options, &source);
+    }
+  }
   kl_penalty<B, T>(b, logp, ref_logp, mask, kl, kl_options);
   return kl_penalized_rewards<B, T>(b, as_const(kl), scores, mask, has_eos, rewards, options);
 }
