@@ -203,8 +203,9 @@ struct k1_kl_source {
 // (backends/eigen/kl_penalized_rewards.hpp has the Eigen backend's).
 template <class B, class T>
 concept k1_kl_rewards_backend =
-    requires(const B& b, backend_matrix<B, const T> in, backend_matrix<B, T> out, backend_matrix<B, const mask_type> mask,
-             backend_vector<B, const T> scores, T beta, double& d, std::size_t& n) {
+    requires(const B& b, backend_matrix<B, const T> in, backend_matrix<B, T> out,
+             backend_matrix<B, const mask_type> mask, backend_vector<B, const T> scores, T beta, double& d,
+             std::size_t& n) {
       rlhf_specialized_k1_kl_penalized_rewards(b, in, in, out, mask, scores, out, beta, 0, d, n, d, n);
     };
 

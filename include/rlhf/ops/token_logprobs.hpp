@@ -12,15 +12,16 @@
 /// (Milakov & Gimelshein 2018, "Online normalizer calculation for softmax"): no [rows, V] temporary is
 /// made, the extra memory is O(rows). The generic path reads a float row twice instead (its maximum, then
 /// the sums with a vectorizable float exp, rlhf/backends/polynomial_exp.hpp), which is 7x faster than the
-/// online pass's double exp per element; double rows and the backends' kernels keep the online pass. The backward of each is one more pass that reads the row and
-/// writes its gradient (the output may alias the logits). docs/algorithms.md has the derivations.
+/// online pass's double exp per element; double rows and the backends' kernels keep the online pass. The
+/// backward of each is one more pass that reads the row and writes its gradient (the output may alias the
+/// logits). docs/algorithms.md has the derivations.
 ///
 /// The policy log-probabilities `log pi(a_t|s_t)` of Ouyang et al. 2022 (InstructGPT), eq. 2, and the
 /// PPO ratio (Schulman et al. 2017, PPO, eq. 6) are built from `logp`; the entropy bonus from `H`.
 ///
 /// Numerics: sums are accumulated in double for float and double inputs (the generic float path adds float
-/// partial sums of 64 terms into double, and its exp is within 1.5e-7 of exact); the running maximum is kept in
-/// logit units so `z - max` is formed before scaling by 1/t (exact for nearby values), and the
+/// partial sums of 64 terms into double, and its exp is within 1.5e-7 of exact); the running maximum is kept
+/// in logit units so `z - max` is formed before scaling by 1/t (exact for nearby values), and the
 /// entropy's weighted sum is kept relative to the maximum, so logits of magnitude 1e4 neither overflow
 /// nor lose the small differences that matter. `-inf` logits (top-k / top-p filtered vocabulary
 /// entries) contribute probability 0 and never produce `0 * inf` NaNs. A valid row whose logits are

@@ -145,7 +145,9 @@ void rlhf_specialized_whiten(const eigen_backend& b, matrix_view<const T, host_s
   T* dst = out.data;
   const mask_type* m = mask.data;
   b.parallel_ranges(n, n / eigen_backend::light_elements_per_work, [=](std::size_t begin, std::size_t end) {
-    for (std::size_t i = begin; i < end; ++i) dst[i] = detail::eigen_keep_if(((in[i] - mu) - corr) * sc + add, m[i] != 0);
+    for (std::size_t i = begin; i < end; ++i) {
+      dst[i] = detail::eigen_keep_if(((in[i] - mu) - corr) * sc + add, m[i] != 0);
+    }
   });
 }
 
