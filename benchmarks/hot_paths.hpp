@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <random>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "rlhf/advantages/gae.hpp"
@@ -25,7 +26,6 @@
 
 namespace rlhf::bench {
 
-/// The backend of a benchmark; a backend with a thread count specializes it (hot_paths_bench.cpp).
 /// The backend of a benchmark; a backend with a thread count specializes it (hot_paths_bench.cpp).
 template <class Backend>
 struct backend_maker {
@@ -45,16 +45,42 @@ std::vector<T> random_vector(std::size_t n, double lo, double hi, unsigned seed)
   return v;
 }
 
+// A [rows, cols] float matrix uniform in [lo, hi), on the backend.
+template <class Backend>
+auto random_matrix(const Backend& b, std::size_t rows, std::size_t cols, double lo, double hi, unsigned seed) {
+  return rlhf::to_backend(b, random_vector<float>(rows * cols, lo, hi, seed), rows, cols);
+}
+
 // Logits [rows, vocab] uniform in [-8, 8] and one token id per row (a fixed formula), on the backend.
 template <class Backend>
 auto random_logits(const Backend& b, std::size_t rows, std::size_t vocab, unsigned seed) {
-  return rlhf::to_backend(b, random_vector<float>(rows * vocab, -8, 8, seed), rows, vocab);
+  return random_matrix(b, rows, vocab, -8, 8, seed);
 }
 template <class Backend>
 auto row_tokens(const Backend& b, std::size_t rows, std::size_t vocab) {
   std::vector<rlhf::token_type> ids(rows);
   for (std::size_t r = 0; r < rows; ++r) ids[r] = static_cast<rlhf::token_type>((r * 7919) % vocab);
   return rlhf::to_backend(b, ids);
+}
+
+// The first two benchmark arguments: rows and columns (or vocabulary).
+inline std::pair<std::size_t, std::size_t> shape_of(const benchmark::State& state) {
+  return {static_cast<std::size_t>(state.range(0)), static_cast<std::size_t>(state.range(1))};
+}
+
+// Runs step() once per iteration, keeps its result from the optimizer and synchronizes the backend after it
+// (the time is the work's, also on a device); reports `items` elements and `bytes_per_item` bytes per
+// iteration (0: no byte count).
+template <class Backend, class Step>
+void time_steps(benchmark::State& state, const Backend& b, std::size_t items, std::int64_t bytes_per_item, Step step) {
+  for (auto _ : state) {
+    auto result = step();
+    benchmark::DoNotOptimize(result);
+    b.synchronize();
+  }
+  const auto n = static_cast<std::int64_t>(items);
+  state.SetItemsProcessed(state.iterations() * n);
+  if (bytes_per_item > 0) state.SetBytesProcessed(state.iterations() * n * bytes_per_item);
 }
 
 inline std::vector<rlhf::mask_type> ragged_mask(std::size_t rows, std::size_t cols, unsigned seed) {
@@ -71,37 +97,28 @@ inline std::vector<rlhf::mask_type> ragged_mask(std::size_t rows, std::size_t co
 template <class Backend>
 void gae(benchmark::State& state) {
   const Backend b = make_backend<Backend>(state, 2);
-  const auto rows = static_cast<std::size_t>(state.range(0)), cols = static_cast<std::size_t>(state.range(1));
-  auto rewards = rlhf::to_backend(b, random_vector<float>(rows * cols, -1, 1, 1), rows, cols);
-  auto values = rlhf::to_backend(b, random_vector<float>(rows * cols, -1, 1, 2), rows, cols);
+  const auto [rows, cols] = shape_of(state);
+  auto rewards = random_matrix(b, rows, cols, -1, 1, 1), values = random_matrix(b, rows, cols, -1, 1, 2);
   auto mask = rlhf::to_backend(b, ragged_mask(rows, cols, 3), rows, cols);
   auto adv = rlhf::allocate<float>(b, rows, cols), ret = rlhf::allocate<float>(b, rows, cols);
-  for (auto _ : state) {
+  time_steps(state, b, rows * cols, 17, [&] {
     rlhf::gae(b, rewards.view(), values.view(), mask.view(), adv.view(), ret.view());
-    benchmark::DoNotOptimize(adv.view().data);
-    b.synchronize();
-  }
-  const auto n = static_cast<std::int64_t>(rows * cols);
-  state.SetItemsProcessed(state.iterations() * n);
-  state.SetBytesProcessed(state.iterations() * n * 17);
+    return adv.view().data;
+  });
 }
 
 // Token log-probs forward (with logsumexp saved): one read of the fp32 logits, 4 B per vocabulary element.
 template <class Backend>
 void token_logprobs(benchmark::State& state) {
   const Backend b = make_backend<Backend>(state, 2);
-  const auto rows = static_cast<std::size_t>(state.range(0)), vocab = static_cast<std::size_t>(state.range(1));
+  const auto [rows, vocab] = shape_of(state);
   auto logits = random_logits(b, rows, vocab, 4);
   auto tokens = row_tokens(b, rows, vocab);
   auto logp = rlhf::allocate<float>(b, rows), lse = rlhf::allocate<float>(b, rows);
-  for (auto _ : state) {
+  time_steps(state, b, rows * vocab, 4, [&] {
     rlhf::token_logprobs(b, logits.view(), tokens.view().flat(), {}, logp.view().flat(), lse.view().flat());
-    benchmark::DoNotOptimize(logp.view().data);
-    b.synchronize();
-  }
-  const auto n = static_cast<std::int64_t>(rows * vocab);
-  state.SetItemsProcessed(state.iterations() * n);
-  state.SetBytesProcessed(state.iterations() * n * 4);
+    return logp.view().data;
+  });
 }
 
 // Token log-probs forward + backward (the policy's loss gradient w.r.t. the logits, d_logprobs = 1 per row):
@@ -110,43 +127,33 @@ void token_logprobs(benchmark::State& state) {
 template <class Backend>
 void token_logprobs_fwd_bwd(benchmark::State& state) {
   const Backend b = make_backend<Backend>(state, 2);
-  const auto rows = static_cast<std::size_t>(state.range(0)), vocab = static_cast<std::size_t>(state.range(1));
+  const auto [rows, vocab] = shape_of(state);
   auto logits = random_logits(b, rows, vocab, 4);
   auto tokens = row_tokens(b, rows, vocab);
   auto logp = rlhf::allocate<float>(b, rows), lse = rlhf::allocate<float>(b, rows);
   auto d_logp = rlhf::to_backend(b, std::vector<float>(rows, 1.0f));
   auto dlogits = rlhf::allocate<float>(b, rows, vocab);
   b.fill(dlogits.view().flat(), 0.0f);  // fault its pages in before timing (the first iteration would pay them)
-  for (auto _ : state) {
+  time_steps(state, b, rows * vocab, 12, [&] {
     rlhf::token_logprobs(b, logits.view(), tokens.view().flat(), {}, logp.view().flat(), lse.view().flat());
     rlhf::token_logprobs_backward<Backend, float>(b, logits.view(), tokens.view().flat(), {}, lse.view().flat(),
                                                   d_logp.view().flat(), {}, {}, dlogits.view());
-    benchmark::DoNotOptimize(dlogits.view().data);
-    b.synchronize();
-  }
-  const auto n = static_cast<std::int64_t>(rows * vocab);
-  state.SetItemsProcessed(state.iterations() * n);
-  state.SetBytesProcessed(state.iterations() * n * 12);
+    return dlogits.view().data;
+  });
 }
 
 // PPO-clip forward+backward: reads logp, old logp, advantages (4 B each) and mask (1 B), writes d_logp: 17 B/elem.
 template <class Backend>
 void ppo_clip_loss(benchmark::State& state) {
   const Backend b = make_backend<Backend>(state, 2);
-  const auto rows = static_cast<std::size_t>(state.range(0)), cols = static_cast<std::size_t>(state.range(1));
-  auto logp = rlhf::to_backend(b, random_vector<float>(rows * cols, -3, -1, 5), rows, cols);
-  auto old_logp = rlhf::to_backend(b, random_vector<float>(rows * cols, -3, -1, 6), rows, cols);
-  auto adv = rlhf::to_backend(b, random_vector<float>(rows * cols, -1, 1, 7), rows, cols);
+  const auto [rows, cols] = shape_of(state);
+  auto logp = random_matrix(b, rows, cols, -3, -1, 5), old_logp = random_matrix(b, rows, cols, -3, -1, 6);
+  auto adv = random_matrix(b, rows, cols, -1, 1, 7);
   auto mask = rlhf::to_backend(b, ragged_mask(rows, cols, 8), rows, cols);
   auto d_logp = rlhf::allocate<float>(b, rows, cols);
-  for (auto _ : state) {
-    auto stats = rlhf::ppo_clip_loss(b, logp.view(), old_logp.view(), adv.view(), mask.view(), d_logp.view());
-    benchmark::DoNotOptimize(stats);
-    b.synchronize();
-  }
-  const auto n = static_cast<std::int64_t>(rows * cols);
-  state.SetItemsProcessed(state.iterations() * n);
-  state.SetBytesProcessed(state.iterations() * n * 17);
+  time_steps(state, b, rows * cols, 17, [&] {
+    return rlhf::ppo_clip_loss(b, logp.view(), old_logp.view(), adv.view(), mask.view(), d_logp.view());
+  });
 }
 
 // Ranking loss, 64 prompts of K responses (all C(K,2) pairs), forward+backward. Call overhead dominates.
@@ -154,18 +161,15 @@ template <class Backend>
 void ranking_loss(benchmark::State& state) {
   const Backend b = make_backend<Backend>(state, 1);
   const std::size_t prompts = 64, k = static_cast<std::size_t>(state.range(0));
-  auto rewards = rlhf::to_backend(b, random_vector<float>(prompts * k, -1, 1, 9), prompts, k);
+  auto rewards = random_matrix(b, prompts, k, -1, 1, 9);
   std::vector<std::int32_t> ranks(prompts * k), counts(prompts, static_cast<std::int32_t>(k));
   for (std::size_t i = 0; i < ranks.size(); ++i) ranks[i] = static_cast<std::int32_t>(i % k);
   auto rank_buf = rlhf::to_backend(b, ranks, prompts, k);
   auto count_buf = rlhf::to_backend(b, counts);
   auto grad = rlhf::allocate<float>(b, prompts, k);
-  for (auto _ : state) {
-    auto stats = rlhf::ranking_loss<Backend, float>(b, rewards.view(), rank_buf.view(), count_buf.view().flat(), grad.view());
-    benchmark::DoNotOptimize(stats);
-    b.synchronize();
-  }
-  state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(prompts));
+  time_steps(state, b, prompts, 0, [&] {
+    return rlhf::ranking_loss<Backend, float>(b, rewards.view(), rank_buf.view(), count_buf.view().flat(), grad.view());
+  });
 }
 
 // Token log-probs with the entropy output: one read of the logits (4 B per vocabulary element); the
@@ -173,19 +177,15 @@ void ranking_loss(benchmark::State& state) {
 template <class Backend>
 void token_entropy(benchmark::State& state) {
   const Backend b = make_backend<Backend>(state, 2);
-  const auto rows = static_cast<std::size_t>(state.range(0)), vocab = static_cast<std::size_t>(state.range(1));
+  const auto [rows, vocab] = shape_of(state);
   auto logits = random_logits(b, rows, vocab, 14);
   auto tokens = row_tokens(b, rows, vocab);
   auto logp = rlhf::allocate<float>(b, rows), lse = rlhf::allocate<float>(b, rows), ent = rlhf::allocate<float>(b, rows);
-  for (auto _ : state) {
+  time_steps(state, b, rows * vocab, 4, [&] {
     rlhf::token_logprobs(b, logits.view(), tokens.view().flat(), {}, logp.view().flat(), lse.view().flat(),
                          ent.view().flat());
-    benchmark::DoNotOptimize(ent.view().data);
-    b.synchronize();
-  }
-  const auto n = static_cast<std::int64_t>(rows * vocab);
-  state.SetItemsProcessed(state.iterations() * n);
-  state.SetBytesProcessed(state.iterations() * n * 4);
+    return ent.view().data;
+  });
 }
 
 // KL-penalized rewards (k1 estimator, score at the last valid token): reads logp, ref logp (4 B each) and
@@ -193,22 +193,15 @@ void token_entropy(benchmark::State& state) {
 template <class Backend>
 void kl_rewards(benchmark::State& state) {
   const Backend b = make_backend<Backend>(state, 2);
-  const auto rows = static_cast<std::size_t>(state.range(0)), cols = static_cast<std::size_t>(state.range(1));
-  auto logp = rlhf::to_backend(b, random_vector<float>(rows * cols, -3, -1, 15), rows, cols);
-  auto ref = rlhf::to_backend(b, random_vector<float>(rows * cols, -3, -1, 16), rows, cols);
+  const auto [rows, cols] = shape_of(state);
+  auto logp = random_matrix(b, rows, cols, -3, -1, 15), ref = random_matrix(b, rows, cols, -3, -1, 16);
   auto scores = rlhf::to_backend(b, random_vector<float>(rows, -1, 1, 17));
   auto mask = rlhf::to_backend(b, ragged_mask(rows, cols, 18), rows, cols);
   auto kl = rlhf::allocate<float>(b, rows, cols), rewards = rlhf::allocate<float>(b, rows, cols);
-  for (auto _ : state) {
-    auto stats = rlhf::kl_penalized_rewards<Backend, float>(b, logp.view(), ref.view(), scores.view().flat(),
-                                                            mask.view(), {}, kl.view(), rewards.view(),
-                                                            rlhf::kl_estimator_options{});
-    benchmark::DoNotOptimize(stats);
-    b.synchronize();
-  }
-  const auto n = static_cast<std::int64_t>(rows * cols);
-  state.SetItemsProcessed(state.iterations() * n);
-  state.SetBytesProcessed(state.iterations() * n * 17);
+  time_steps(state, b, rows * cols, 17, [&] {
+    return rlhf::kl_penalized_rewards<Backend, float>(b, logp.view(), ref.view(), scores.view().flat(), mask.view(),
+                                                      {}, kl.view(), rewards.view(), rlhf::kl_estimator_options{});
+  });
 }
 
 // Masked whitening (mean and variance over the valid entries, then (x - mean) / std): a statistics pass
@@ -216,18 +209,11 @@ void kl_rewards(benchmark::State& state) {
 template <class Backend>
 void whitening(benchmark::State& state) {
   const Backend b = make_backend<Backend>(state, 2);
-  const auto rows = static_cast<std::size_t>(state.range(0)), cols = static_cast<std::size_t>(state.range(1));
-  auto x = rlhf::to_backend(b, random_vector<float>(rows * cols, -2, 3, 19), rows, cols);
+  const auto [rows, cols] = shape_of(state);
+  auto x = random_matrix(b, rows, cols, -2, 3, 19);
   auto mask = rlhf::to_backend(b, ragged_mask(rows, cols, 20), rows, cols);
   auto out = rlhf::allocate<float>(b, rows, cols);
-  for (auto _ : state) {
-    auto m = rlhf::whiten(b, x.view(), mask.view(), out.view());
-    benchmark::DoNotOptimize(m);
-    b.synchronize();
-  }
-  const auto n = static_cast<std::int64_t>(rows * cols);
-  state.SetItemsProcessed(state.iterations() * n);
-  state.SetBytesProcessed(state.iterations() * n * 14);
+  time_steps(state, b, rows * cols, 14, [&] { return rlhf::whiten(b, x.view(), mask.view(), out.view()); });
 }
 
 // Clipped value loss forward+backward: reads values, old values, returns (4 B each) and the mask (1 B),
@@ -235,20 +221,14 @@ void whitening(benchmark::State& state) {
 template <class Backend>
 void value_loss(benchmark::State& state) {
   const Backend b = make_backend<Backend>(state, 2);
-  const auto rows = static_cast<std::size_t>(state.range(0)), cols = static_cast<std::size_t>(state.range(1));
-  auto v = rlhf::to_backend(b, random_vector<float>(rows * cols, -1, 1, 21), rows, cols);
-  auto old = rlhf::to_backend(b, random_vector<float>(rows * cols, -1, 1, 22), rows, cols);
-  auto ret = rlhf::to_backend(b, random_vector<float>(rows * cols, -1, 1, 23), rows, cols);
+  const auto [rows, cols] = shape_of(state);
+  auto v = random_matrix(b, rows, cols, -1, 1, 21), old = random_matrix(b, rows, cols, -1, 1, 22);
+  auto ret = random_matrix(b, rows, cols, -1, 1, 23);
   auto mask = rlhf::to_backend(b, ragged_mask(rows, cols, 24), rows, cols);
   auto d = rlhf::allocate<float>(b, rows, cols);
-  for (auto _ : state) {
-    auto stats = rlhf::clipped_value_loss(b, v.view(), old.view(), ret.view(), mask.view(), d.view());
-    benchmark::DoNotOptimize(stats);
-    b.synchronize();
-  }
-  const auto n = static_cast<std::int64_t>(rows * cols);
-  state.SetItemsProcessed(state.iterations() * n);
-  state.SetBytesProcessed(state.iterations() * n * 17);
+  time_steps(state, b, rows * cols, 17, [&] {
+    return rlhf::clipped_value_loss(b, v.view(), old.view(), ret.view(), mask.view(), d.view());
+  });
 }
 
 }  // namespace rlhf::bench
