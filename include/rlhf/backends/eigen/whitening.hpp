@@ -34,7 +34,7 @@ inline constexpr std::size_t eigen_moments_block = 2048;
 
 /// The masked values of one block (+0 at masked positions) and the bit masks that select them, as wide as T:
 /// the loops that sum them then read T-wide data only (widening the uint8 mask to 64-bit lanes in each sum
-/// is what bounded those loops). Returns the number of valid positions.
+/// is what bounded those loops). `load` fills both and returns the number of valid positions.
 template <class T>
 struct eigen_masked_block {
   alignas(64) T kept[eigen_moments_block];
