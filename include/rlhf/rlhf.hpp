@@ -36,6 +36,7 @@
 #include "rlhf/losses/value_loss.hpp"
 
 #include "rlhf/advantages/gae.hpp"
+#include "rlhf/advantages/kl_penalized_advantages.hpp"
 #include "rlhf/advantages/kl_penalized_rewards.hpp"
 #include "rlhf/advantages/reward_normalization.hpp"
 

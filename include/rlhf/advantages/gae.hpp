@@ -149,9 +149,10 @@ void discounted_returns_generic(const B& b, backend_matrix<B, const T> rewards, 
   b.transform(returns.flat(), gae_select_valid<T>{}, as_const(returns).flat(), mask.flat());
 }
 
-inline void check_gae_options(std::string_view fn, double gamma, double lambda) {
-  check_in_range(fn, "options.gamma", gamma, 0.0, 1.0);
-  check_in_range(fn, "options.lambda", lambda, 0.0, 1.0);
+// `name`: how the caller's documentation spells the options ("options", or "options.gae").
+inline void check_gae_options(std::string_view fn, double gamma, double lambda, std::string_view name = "options") {
+  check_in_range(fn, std::string(name) + ".gamma", gamma, 0.0, 1.0);
+  check_in_range(fn, std::string(name) + ".lambda", lambda, 0.0, 1.0);
 }
 
 }  // namespace detail

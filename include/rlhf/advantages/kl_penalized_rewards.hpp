@@ -177,16 +177,19 @@ struct rewards_assemble {
   }
 };
 
-inline void check_rewards_options(std::string_view fn, const kl_penalized_rewards_options& o) {
-  check_non_negative(fn, "options.beta", o.beta);
-  check_non_negative(fn, "options.score_clip", o.score_clip);
-  check_non_negative(fn, "options.missing_eos_penalty", o.missing_eos_penalty);
+// `name`: how the caller's documentation spells the options ("options", or "options.rewards").
+inline void check_rewards_options(std::string_view fn, const kl_penalized_rewards_options& o,
+                                  std::string_view name = "options") {
+  const auto field = [&](const char* f) { return std::string(name) + "." + f; };
+  check_non_negative(fn, field("beta"), o.beta);
+  check_non_negative(fn, field("score_clip"), o.score_clip);
+  check_non_negative(fn, field("missing_eos_penalty"), o.missing_eos_penalty);
   switch (o.placement) {
     case score_placement::last_valid_token:
     case score_placement::last_position:
     case score_placement::one_past_last_valid: break;
     default:
-      throw_argument_error(fn, "options.placement", "one of last_valid_token, last_position, one_past_last_valid",
+      throw_argument_error(fn, field("placement"), "one of last_valid_token, last_position, one_past_last_valid",
                            std::to_string(static_cast<int>(o.placement)));
   }
 }
@@ -209,6 +212,46 @@ concept k1_kl_rewards_backend =
       rlhf_specialized_k1_kl_penalized_rewards(b, in, in, out, mask, scores, out, beta, 0, d, n, d, n);
     };
 
+// The score as added to each row (clipped, minus the missing-EOS penalty), [rows], on the backend.
+template <class B, class T>
+auto shape_scores(const B& b, backend_vector<B, const T> scores, backend_vector<B, const mask_type> has_eos,
+                  const kl_penalized_rewards_options& options) {
+  using S = typename B::memory_space;
+  auto shaped_buf = allocate<T>(b, scores.size);
+  b.for_each_index(scores.size, rewards_shape_score<T, S>{has_eos, static_cast<T>(options.score_clip),
+                                                            static_cast<T>(options.missing_eos_penalty), scores,
+                                                            shaped_buf.view().flat()});
+  return shaped_buf;
+}
+
+// The statistics from the pass's totals: the KL summed over valid tokens, the valid count, and the sum and
+// count of the scores that were placed.
+template <class B, class T>
+kl_penalized_rewards_stats rewards_stats(const B& b, backend_vector<B, const T> scores,
+                                         const kl_penalized_rewards_options& options, double kl_total,
+                                         std::size_t valid_tokens, rewards_scored_sum scored) {
+  kl_penalized_rewards_stats stats;
+  const std::size_t rows = scores.size;
+  if (rows == 0) return stats;
+  const double raw = b.transform_reduce(0.0, rewards_plus{}, rewards_double_of{}, scores);
+  stats.valid_tokens = valid_tokens;
+  stats.scored_rows = scored.count;
+  stats.mean_score = scored.count ? scored.sum / static_cast<double>(scored.count) : 0.0;
+  stats.mean_raw_score = raw / static_cast<double>(rows);
+  stats.mean_kl = valid_tokens ? kl_total / static_cast<double>(valid_tokens) : 0.0;
+  stats.mean_kl_sum = kl_total / static_cast<double>(rows);
+  stats.mean_non_score_reward = -options.beta * stats.mean_kl_sum;
+  return stats;
+}
+
+// Whether the KL of these options is InstructGPT's k1 (value logp - ref_logp, no clamp), which a backend may
+// compute inside its rewards pass (log_ratio_clamp acts inside k3 only). With the opt-in finite checks on,
+// the separate calls run instead, so that every check of each happens as documented.
+inline bool k1_kl_in_rewards_pass(const kl_estimator_options& o) {
+  return (o.estimator == kl_estimator::k1 || o.estimator == kl_estimator::k1_straight_through) && o.clamp == 0 &&
+         !finite_checks_enabled();
+}
+
 template <class B, class T>
 kl_penalized_rewards_stats kl_penalized_rewards_impl(const B& b, backend_matrix<B, const T> kl,
                                                      backend_vector<B, const T> scores,
@@ -219,21 +262,18 @@ kl_penalized_rewards_stats kl_penalized_rewards_impl(const B& b, backend_matrix<
                                                      const k1_kl_source<B, T>* k1 = nullptr) {
   using S = typename B::memory_space;
   const std::size_t rows = kl.rows;
-  kl_penalized_rewards_stats stats;
-  if (rows == 0) return stats;
-
-  auto shaped_buf = allocate<T>(b, rows);
+  if (rows == 0) return {};
+  auto shaped_buf = shape_scores<B, T>(b, scores, has_eos, options);
   const auto shaped = shaped_buf.view().flat();
-  b.for_each_index(rows, rewards_shape_score<T, S>{has_eos, static_cast<T>(options.score_clip),
-                                           static_cast<T>(options.missing_eos_penalty), scores, shaped});
 
   double kl_total = 0;
+  std::size_t valid_tokens = 0;
   rewards_scored_sum sc;
   if (k1 != nullptr) {
     if constexpr (k1_kl_rewards_backend<B, T>) {  // the caller passes k1 only then
       rlhf_specialized_k1_kl_penalized_rewards(b, k1->logp, k1->ref_logp, k1->kl, mask, as_const(shaped), rewards,
                                                static_cast<T>(options.beta), static_cast<int>(options.placement),
-                                               kl_total, stats.valid_tokens, sc.sum, sc.count);
+                                               kl_total, valid_tokens, sc.sum, sc.count);
     }
   } else if constexpr (requires(double& d, std::size_t& n) {
                   rlhf_specialized_kl_penalized_rewards(b, kl, mask, as_const(shaped), rewards, static_cast<T>(options.beta),
@@ -241,7 +281,7 @@ kl_penalized_rewards_stats kl_penalized_rewards_impl(const B& b, backend_matrix<
                 }) {
     // One pass per row on the backend (rewards, placement and the KL statistics).
     rlhf_specialized_kl_penalized_rewards(b, kl, mask, as_const(shaped), rewards, static_cast<T>(options.beta),
-                                          static_cast<int>(options.placement), kl_total, stats.valid_tokens, sc.sum,
+                                          static_cast<int>(options.placement), kl_total, valid_tokens, sc.sum,
                                           sc.count);
   } else {
     // Last valid column per row (reduce_rows with the column index), -1 for rows without valid tokens.
@@ -255,18 +295,11 @@ kl_penalized_rewards_stats kl_penalized_rewards_impl(const B& b, backend_matrix<
     const auto row_kl = row_kl_buf.view().flat();
     b.reduce_rows(row_kl, 0.0, rewards_plus{}, rewards_masked_as_double<T>{}, kl, mask);
     kl_total = b.transform_reduce(0.0, rewards_plus{}, rewards_double_of{}, as_const(row_kl));
-    stats.valid_tokens = b.transform_reduce(std::size_t(0), add_sizes{}, rewards_mask_count{}, mask.flat());
+    valid_tokens = b.transform_reduce(std::size_t(0), add_sizes{}, rewards_mask_count{}, mask.flat());
     sc = b.transform_reduce(rewards_scored_sum{}, rewards_scored_sum_op{}, rewards_scored_term<T>{}, as_const(shaped),
                             as_const(last));
   }
-  const double raw = b.transform_reduce(0.0, rewards_plus{}, rewards_double_of{}, scores);
-  stats.scored_rows = sc.count;
-  stats.mean_score = sc.count ? sc.sum / static_cast<double>(sc.count) : 0.0;
-  stats.mean_raw_score = raw / static_cast<double>(rows);
-  stats.mean_kl = stats.valid_tokens ? kl_total / static_cast<double>(stats.valid_tokens) : 0.0;
-  stats.mean_kl_sum = kl_total / static_cast<double>(rows);
-  stats.mean_non_score_reward = -options.beta * stats.mean_kl_sum;
-  return stats;
+  return rewards_stats<B, T>(b, scores, options, kl_total, valid_tokens, sc);
 }
 
 }  // namespace detail
@@ -349,15 +382,9 @@ kl_penalized_rewards_stats kl_penalized_rewards(const B& b, std::type_identity_t
   detail::check_same_shape(fn, "rewards", rewards, "logp", logp);
   detail::check_kl_estimator_options(fn, kl_options);
   detail::check_rewards_options(fn, options);
-  // InstructGPT's k1 (value logp - ref_logp, no clamp) on a backend that computes it inside the rewards pass:
-  // one pass, the KL not read back. With the opt-in finite checks on, the two calls below run instead, so
-  // every check of both happens as documented.
+  // InstructGPT's k1 on a backend that computes it inside the rewards pass: one pass, the KL not read back.
   if constexpr (detail::k1_kl_rewards_backend<B, T>) {
-    // (log_ratio_clamp acts inside k3 only.)
-    const bool k1 =
-        (kl_options.estimator == kl_estimator::k1 || kl_options.estimator == kl_estimator::k1_straight_through) &&
-        kl_options.clamp == 0;
-    if (k1 && !finite_checks_enabled()) {
+    if (detail::k1_kl_in_rewards_pass(kl_options)) {
       const detail::k1_kl_source<B, T> source{logp, ref_logp, kl};
       return detail::kl_penalized_rewards_impl<B, T>(b, as_const(kl), scores, mask, has_eos, rewards, options, &source);
     }

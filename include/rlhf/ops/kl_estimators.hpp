@@ -195,7 +195,10 @@ struct kl_value_fixed {
   }
 };
 
-inline void check_kl_estimator_options(std::string_view function, const kl_estimator_options& o) {
+// `name`: how the caller's documentation spells the options ("options", or "options.kl" inside a larger struct).
+inline void check_kl_estimator_options(std::string_view function, const kl_estimator_options& o,
+                                       std::string_view name = "options") {
+  const auto field = [&](const char* f) { return std::string(name) + "." + f; };
   switch (o.estimator) {
     case kl_estimator::k1:
     case kl_estimator::abs:
@@ -204,11 +207,11 @@ inline void check_kl_estimator_options(std::string_view function, const kl_estim
     case kl_estimator::k1_straight_through:
     case kl_estimator::k3_straight_through: break;
     default:
-      throw_argument_error(function, "options.estimator", "one of k1, abs, k2, k3, k1_straight_through, k3_straight_through",
+      throw_argument_error(function, field("estimator"), "one of k1, abs, k2, k3, k1_straight_through, k3_straight_through",
                            std::to_string(static_cast<int>(o.estimator)));
   }
-  check_non_negative(function, "options.clamp", o.clamp);
-  check_non_negative(function, "options.log_ratio_clamp", o.log_ratio_clamp);
+  check_non_negative(function, field("clamp"), o.clamp);
+  check_non_negative(function, field("log_ratio_clamp"), o.log_ratio_clamp);
 }
 
 }  // namespace detail

@@ -8,8 +8,8 @@
 /// 2. scoring, nothing recorded: the policy's log-probs (the "old" ones), the reference (SFT) policy's,
 ///    the values, the reward model's score of each prompt + response;
 /// 3. rewards: r_t = -beta (log pi(a_t|s_t) - log pi_SFT(a_t|s_t)) per response token, plus the score at
-///    the last response token (rlhf::kl_penalized_rewards); advantages and returns by GAE over the
-///    response tokens (rlhf::gae); advantages whitened over the batch (rlhf::whiten);
+///    the last response token; advantages and returns by GAE over the response tokens
+///    (both in one rlhf::kl_penalized_advantages call); advantages whitened over the batch (rlhf::whiten);
 /// 4. `ppo_epochs` passes over the batch in `minibatches` shuffled minibatches: the policy's PPO-clip loss
 ///    (+ entropy bonus) backward, then the PPO-ptx loss on a pretraining batch (gamma * log-likelihood,
 ///    accumulated into the same gradients), one clipped optimizer update; the value model's clipped value
@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "rlhf/advantages/gae.hpp"
+#include "rlhf/advantages/kl_penalized_advantages.hpp"
 #include "rlhf/advantages/kl_penalized_rewards.hpp"
 #include "rlhf/backends/memory.hpp"
 #include "rlhf/data/atomic_write.hpp"
@@ -477,21 +478,20 @@ class ppo_trainer {
                            forward_mode::inference);
       value_.values(b, dev.tokens_view(), dev.lengths_view(), old_values.view(), forward_mode::inference);
       reward_.scores(b, dev.tokens_view(), dev.lengths_view(), scores.view().flat(), forward_mode::inference);
-      // Ouyang et al. 2022, eq. 2: r_t = -beta * KL_t, plus the RM score at the last response token.
-      kl_penalized_rewards_options ro = options_.rewards;
-      ro.beta = beta();
-      rs = kl_penalized_rewards(b, as_const(old_logp.view()), as_const(ref_logp.view()), as_const(scores.view().flat()),
-                                dev.mask_view(), as_const(eos.view().flat()), kl.view(), rewards.view(), options_.kl, ro);
-      gae(b, as_const(rewards.view()), as_const(old_values.view()), dev.mask_view(), advantages.view(), returns.view(),
-          options_.gae);
+      // Ouyang et al. 2022, eq. 2: r_t = -beta * KL_t, plus the RM score at the last response token; GAE over
+      // the response tokens; the advantages' moments for whitening. One call: a backend with the one-pass kernel
+      // (CUDA, Eigen) reads each row once.
+      kl_penalized_advantages_options ao{options_.kl, options_.rewards, options_.gae};
+      ao.rewards.beta = beta();
+      const kl_penalized_advantages_stats as = kl_penalized_advantages(
+          b, as_const(old_logp.view()), as_const(ref_logp.view()), as_const(scores.view().flat()),
+          as_const(old_values.view()), dev.mask_view(), as_const(eos.view().flat()), kl.view(), rewards.view(),
+          advantages.view(), returns.view(), ao);
+      rs = as.rewards;
       if (options_.whiten_advantages) {
-        if (comm_.size() == 1) {
-          whiten(b, as_const(advantages.view()), dev.mask_view(), advantages.view(), options_.whitening);
-        } else {  // the union's mean and variance (per-rank whitening is a peer bug: rlhf-math §2.8)
-          const masked_moments global =
-              global_masked_moments(comm_, compute_masked_moments(b, as_const(advantages.view()), dev.mask_view()));
-          whiten(b, as_const(advantages.view()), dev.mask_view(), advantages.view(), options_.whitening, &global);
-        }
+        // Across ranks, the union's mean and variance (per-rank whitening is a peer bug: rlhf-math §2.8).
+        const masked_moments moments = comm_.size() == 1 ? as.advantages : global_masked_moments(comm_, as.advantages);
+        whiten(b, as_const(advantages.view()), dev.mask_view(), advantages.view(), options_.whitening, &moments);
       }
       // Host copies for minibatch gathers (PPO's per-row data is small next to the model).
       old_logp_host = to_host(b, old_logp.view());

@@ -26,6 +26,10 @@ namespace rlhf::backends {
 
 namespace cuda_kernels {
 
+/// Steps per lane in a tile, and rows (warps) per block, of the GAE sweep.
+inline constexpr unsigned gae_items = 4;
+inline constexpr unsigned gae_warps_per_block = 8;
+
 /// The warp's inclusive suffix composite: lane l ends with map(l) after map(l + 1) after ... after map(31).
 template <class T>
 __device__ inline rlhf::detail::gae_step_map<T> warp_suffix_compose(rlhf::detail::gae_step_map<T> m, unsigned lane) {
@@ -41,18 +45,31 @@ __device__ inline rlhf::detail::gae_step_map<T> warp_suffix_compose(rlhf::detail
   return m;
 }
 
-template <class T, unsigned Items, unsigned WarpsPerBlock>
+/// The rewards of plain rlhf::gae: read from memory. The kernel below asks its reward source for each step's
+/// reward, tells it each advantage and brackets each row with begin_row / end_row (warp-collective), so that
+/// rlhf::kl_penalized_advantages's kernel (cuda/kl_penalized_advantages.cuh) computes the rewards and the
+/// statistics inside the same sweep; this source does nothing beyond the read.
+template <class T>
+struct gae_stored_rewards {
+  matrix_view<const T, cuda_space> rewards;
+  __device__ void begin_row(std::size_t, unsigned) {}
+  __device__ T reward(std::size_t i, long long, bool valid) { return valid ? rewards.data[i] : T(0); }
+  __device__ void advantage(T, bool) {}
+  __device__ void end_row(std::size_t, unsigned) {}
+};
+
+template <class T, unsigned Items, unsigned WarpsPerBlock, class RewardSource>
 __global__ void __launch_bounds__(WarpsPerBlock * warp_size)
-    gae_rows(matrix_view<const T, cuda_space> rewards, matrix_view<const T, cuda_space> values,
-             matrix_view<const mask_type, cuda_space> mask, T gamma, T gamma_lambda, matrix_view<T, cuda_space> advantages,
-             matrix_view<T, cuda_space> returns) {
+    gae_rows(RewardSource source, matrix_view<const T, cuda_space> values, matrix_view<const mask_type, cuda_space> mask,
+             T gamma, T gamma_lambda, matrix_view<T, cuda_space> advantages, matrix_view<T, cuda_space> returns) {
   using map = rlhf::detail::gae_step_map<T>;
   const unsigned lane = threadIdx.x % warp_size;
   const std::size_t row = static_cast<std::size_t>(blockIdx.x) * WarpsPerBlock + threadIdx.x / warp_size;
-  if (row >= rewards.rows) return;  // the whole warp leaves together
-  const long long cols = static_cast<long long>(rewards.cols);
-  const std::size_t base = row * rewards.cols;
+  if (row >= values.rows) return;  // the whole warp leaves together
+  const long long cols = static_cast<long long>(values.cols);
+  const std::size_t base = row * values.cols;
   const bool want_returns = !returns.empty();
+  source.begin_row(row, lane);
   constexpr long long tile = static_cast<long long>(warp_size * Items);
   T carry_v = T(0), carry_a = T(0);  // the state entering the current tile from the later one
   for (long long tile_end = cols; tile_end > 0; tile_end -= tile) {
@@ -62,14 +79,10 @@ __global__ void __launch_bounds__(WarpsPerBlock * warp_size)
 #pragma unroll
     for (unsigned k = 0; k < Items; ++k) {
       const long long t = first + k;
-      valid[k] = false;
-      r[k] = T(0);
-      v[k] = T(0);
-      if (t >= 0 && mask.data[base + t] != 0) {  // masked steps' rewards and values are never read
-        valid[k] = true;
-        r[k] = rewards.data[base + t];
-        v[k] = values.data[base + t];
-      }
+      valid[k] = t >= 0 && mask.data[base + t] != 0;
+      // Masked steps' values are never read, nor (by the stored source) their rewards.
+      r[k] = t >= 0 ? source.reward(base + t, t, valid[k]) : T(0);
+      v[k] = valid[k] ? values.data[base + t] : T(0);
     }
     map run;  // this lane's steps, composed (the identity before the row's start)
 #pragma unroll
@@ -90,6 +103,7 @@ __global__ void __launch_bounds__(WarpsPerBlock * warp_size)
       if (t < 0) continue;
       map::step(r[k], v[k], valid[k], gamma, gamma_lambda).apply(sv, sa);
       advantages.data[base + t] = valid[k] ? sa : T(0);
+      source.advantage(sa, valid[k]);
       if (want_returns) returns.data[base + t] = valid[k] ? sa + v[k] : T(0);
     }
     // Lane 0's inclusive composite is the whole tile's: the state at the tile's first step.
@@ -98,6 +112,7 @@ __global__ void __launch_bounds__(WarpsPerBlock * warp_size)
     carry_v = __shfl_sync(full_warp, tv, 0);
     carry_a = __shfl_sync(full_warp, ta, 0);
   }
+  source.end_row(row, lane);
 }
 
 }  // namespace cuda_kernels
@@ -107,11 +122,11 @@ template <class T>
 void rlhf_specialized_gae(const cuda_backend& b, matrix_view<const T, cuda_space> rewards,
                           matrix_view<const T, cuda_space> values, matrix_view<const mask_type, cuda_space> mask,
                           T gamma, T lambda, matrix_view<T, cuda_space> advantages, matrix_view<T, cuda_space> returns) {
-  constexpr unsigned items = 4, warps = 8;
+  constexpr unsigned items = cuda_kernels::gae_items, warps = cuda_kernels::gae_warps_per_block;
   if (rewards.rows * rewards.cols == 0) return;
   const auto blocks = static_cast<unsigned>((rewards.rows + warps - 1) / warps);
   cuda_kernels::gae_rows<T, items, warps><<<blocks, warps * cuda_kernels::warp_size, 0, b.stream()>>>(
-      rewards, values, mask, gamma, gamma * lambda, advantages, returns);
+      cuda_kernels::gae_stored_rewards<T>{rewards}, values, mask, gamma, gamma * lambda, advantages, returns);
   detail::cuda_check(cudaGetLastError(), "rlhf::gae (CUDA kernel)", "gae_rows<<<>>>");
 }
 
