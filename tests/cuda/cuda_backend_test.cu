@@ -1,6 +1,6 @@
 // The CUDA backend on a GPU: the conformance suite (every primitive and hot-path algorithm held to the
 // reference backend, which runs the hand-written kernels), cuBLAS GEMM for every transposition and shape,
-// the token log-prob, GAE and PPO-clip kernels and the Llama model's forward and backward against the reference on ragged, filtered, masked rows, and streams.
+// the token log-prob, GAE, one-pass advantages, PPO-clip and ranking-loss kernels and the Llama model's forward and backward against the reference on ragged, filtered, masked rows, and streams.
 // Built by nvcc whenever CUDA is found; labelled `gpu`; exits 77 (ctest: skipped) when no GPU is present.
 #include <cmath>
 #include <cstdio>
@@ -11,10 +11,12 @@
 #include <vector>
 
 #include "rlhf/advantages/gae.hpp"
+#include "rlhf/advantages/kl_penalized_advantages.hpp"
 #include "rlhf/backends/cuda.cuh"
 #include "rlhf/backends/memory.hpp"
 #include "rlhf/backends/reference.hpp"
 #include "rlhf/losses/ppo_clip_loss.hpp"
+#include "rlhf/losses/ranking_loss.hpp"
 #include "rlhf/models/llama.hpp"
 #include "rlhf/ops/token_logprobs.hpp"
 #include "rlhf/testing/conformance.hpp"
@@ -35,14 +37,23 @@ constexpr bool kernels_found = requires(const rlhf::cuda_backend& b, rlhf::matri
                                         rlhf::vector_view<const rlhf::token_type, rlhf::cuda_space> tok,
                                         rlhf::vector_view<const rlhf::mask_type, rlhf::cuda_space> vm,
                                         rlhf::vector_view<T, rlhf::cuda_space> v, rlhf::vector_view<const T, rlhf::cuda_space> cv,
-                                        rlhf::vector_view<const double, rlhf::cuda_space> w, const T x, double d, double& out) {
+                                        rlhf::vector_view<const double, rlhf::cuda_space> w, const T x, double d, double& out,
+                                        std::size_t& n, rlhf::masked_moments& moments,
+                                        rlhf::matrix_view<const std::int32_t, rlhf::cuda_space> ranks,
+                                        rlhf::vector_view<const std::int32_t, rlhf::cuda_space> counts,
+                                        rlhf::matrix_view<double, rlhf::cuda_space> scratch, bool flag) {
   rlhf_specialized_gae(b, cm, cm, mm, x, x, m, m);
   rlhf_specialized_token_logprobs(b, cm, tok, vm, v, v, v, d);
   rlhf_specialized_token_logprobs_backward(b, cm, tok, vm, cv, cv, cv, cv, m, d);
   rlhf_specialized_ppo_clip_loss(b, cm, cm, cm, mm, w, m, d, d, d, d, out, out, out, out, out, out, out);
+  rlhf_specialized_k1_kl_penalized_advantages(b, cm, cm, cm, mm, cv, m, m, m, m, x, 0, x, x, out, n, out, n, moments);
+  rlhf_specialized_ranking_loss(b, cm, ranks, counts, m, scratch, d, d, flag, flag);
 };
 static_assert(kernels_found<float> && kernels_found<double>,
               "a CUDA kernel's signature no longer matches its algorithm's dispatch");
+static_assert(rlhf::detail::k1_kl_advantages_backend<rlhf::cuda_backend, float> &&
+                  rlhf::detail::k1_kl_advantages_backend<rlhf::cuda_backend, double>,
+              "rlhf::kl_penalized_advantages no longer finds the CUDA one-pass kernel");
 
 template <class T>
 void conformance(const rlhf::cuda_backend& b, const char* name) {
@@ -226,6 +237,135 @@ void ppo_clip_matches_reference(const rlhf::cuda_backend& b) {
   }
 }
 
+// The one-pass kernel of rlhf::kl_penalized_advantages (k1 KL, rewards, GAE, the advantages' moments) against
+// the reference backend's four calls: ragged rows with interior holes, NaN where masked, a row without a valid
+// token, rows of one tile and of many, every placement, with and without returns; then a non-k1 estimator,
+// which takes the separate calls on the GPU too.
+template <class T>
+void kl_penalized_advantages_match_reference(const rlhf::cuda_backend& b) {
+  const rlhf::reference_backend ref;
+  std::mt19937_64 g(15);
+  std::normal_distribution<double> z(0.0, 1.0);
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  for (auto [rows, cols] : {std::pair<std::size_t, std::size_t>{1, 1}, {7, 129}, {33, 1024}, {4, 5000}}) {
+    const std::size_t n = rows * cols;
+    std::vector<T> logp(n), ref_logp(n), values(n), scores(rows);
+    std::vector<rlhf::mask_type> mask(n), eos(rows);
+    for (std::size_t i = 0; i < n; ++i) {
+      logp[i] = static_cast<T>(-1.0 + 0.3 * z(g));
+      ref_logp[i] = static_cast<T>(-1.0 + 0.3 * z(g));
+      values[i] = static_cast<T>(z(g));
+      mask[i] = static_cast<rlhf::mask_type>(g() % 6 != 0);
+    }
+    for (std::size_t r = 0; r < rows; ++r) {
+      scores[r] = static_cast<T>(2 * z(g));
+      eos[r] = static_cast<rlhf::mask_type>(g() % 3 != 0);
+      const std::size_t pad = r == 1 ? cols : g() % (cols / 2 + 1);  // row 1 has no valid token
+      for (std::size_t t = cols - pad; t < cols; ++t) mask[r * cols + t] = 0;
+    }
+    for (std::size_t i = 0; i < n; ++i)
+      if (!mask[i]) logp[i] = values[i] = nan;  // never read
+    auto dl = rlhf::to_backend(b, logp, rows, cols), dr = rlhf::to_backend(b, ref_logp, rows, cols);
+    auto dv = rlhf::to_backend(b, values, rows, cols), ds = rlhf::to_backend(b, scores);
+    auto dm = rlhf::to_backend(b, mask, rows, cols), de = rlhf::to_backend(b, eos);
+    auto kl = rlhf::allocate<T>(b, rows, cols), rw = rlhf::allocate<T>(b, rows, cols);
+    auto adv = rlhf::allocate<T>(b, rows, cols), ret = rlhf::allocate<T>(b, rows, cols);
+    for (const auto& kl_options : {rlhf::kl_estimator_options::instructgpt(), rlhf::kl_estimator_options::verl_low_var()}) {
+      for (auto placement : {rlhf::score_placement::last_valid_token, rlhf::score_placement::last_position,
+                             rlhf::score_placement::one_past_last_valid}) {
+        for (const bool with_returns : {true, false}) {
+          rlhf::kl_penalized_advantages_options o{kl_options, {0.05, 4.0, 0.5, placement}, {0.99, 0.95}};
+          const auto got = rlhf::kl_penalized_advantages<rlhf::cuda_backend, T>(
+              b, rlhf::as_const(dl.view()), rlhf::as_const(dr.view()), rlhf::as_const(ds.view().flat()),
+              rlhf::as_const(dv.view()), rlhf::as_const(dm.view()), rlhf::as_const(de.view().flat()), kl.view(), rw.view(),
+              adv.view(), with_returns ? ret.view() : rlhf::matrix_view<T, rlhf::cuda_space>{}, o);
+          std::vector<T> want_kl(n), want_rw(n), want_adv(n), want_ret(n);
+          const auto want = rlhf::kl_penalized_advantages<rlhf::reference_backend, T>(
+              ref, rlhf::make_matrix_view(std::as_const(logp).data(), rows, cols),
+              rlhf::make_matrix_view(std::as_const(ref_logp).data(), rows, cols),
+              rlhf::make_vector_view(std::as_const(scores).data(), rows),
+              rlhf::make_matrix_view(std::as_const(values).data(), rows, cols),
+              rlhf::make_matrix_view(std::as_const(mask).data(), rows, cols),
+              rlhf::make_vector_view(std::as_const(eos).data(), rows), rlhf::make_matrix_view(want_kl.data(), rows, cols),
+              rlhf::make_matrix_view(want_rw.data(), rows, cols), rlhf::make_matrix_view(want_adv.data(), rows, cols),
+              rlhf::make_matrix_view(want_ret.data(), rows, cols), o);
+          const double tol = std::is_same_v<T, float> ? 1e-4 : 1e-10;
+          const std::string at = " [" + std::to_string(rows) + ", " + std::to_string(cols) + "] estimator " +
+                                 std::to_string(static_cast<int>(kl_options.estimator)) + " placement " +
+                                 std::to_string(static_cast<int>(placement));
+          check_close(rlhf::to_host(b, kl.view()), want_kl, 0.0, 0.0, "kl_penalized_advantages kl" + at);
+          // The score added at its column may be fused into the product by the device compiler (one rounding).
+          const double rtol = std::is_same_v<T, float> ? 1e-6 : 1e-14;
+          check_close(rlhf::to_host(b, rw.view()), want_rw, rtol, rtol, "kl_penalized_advantages rewards" + at);
+          check_close(rlhf::to_host(b, adv.view()), want_adv, tol, tol, "kl_penalized_advantages advantages" + at);
+          if (with_returns) check_close(rlhf::to_host(b, ret.view()), want_ret, tol, tol, "kl_penalized_advantages returns" + at);
+          const double stol = std::is_same_v<T, float> ? 1e-5 : 1e-11;
+          check_close(std::vector<double>{got.advantages.count, got.advantages.mean, got.advantages.m2,
+                                          static_cast<double>(got.rewards.valid_tokens),
+                                          static_cast<double>(got.rewards.scored_rows), got.rewards.mean_kl,
+                                          got.rewards.mean_kl_sum, got.rewards.mean_score, got.rewards.mean_raw_score},
+                      std::vector<double>{want.advantages.count, want.advantages.mean, want.advantages.m2,
+                                          static_cast<double>(want.rewards.valid_tokens),
+                                          static_cast<double>(want.rewards.scored_rows), want.rewards.mean_kl,
+                                          want.rewards.mean_kl_sum, want.rewards.mean_score, want.rewards.mean_raw_score},
+                      stol, stol, "kl_penalized_advantages statistics" + at);
+        }
+      }
+    }
+  }
+}
+
+// The ranking-loss kernel against the reference backend: 64 prompts of K = 2..9 responses (ragged, NaN past
+// K, ties), each option preset, forward only and with the gradient.
+template <class T>
+void ranking_loss_matches_reference(const rlhf::cuda_backend& b) {
+  const rlhf::reference_backend ref;
+  std::mt19937_64 g(16);
+  std::normal_distribution<double> z(0.0, 2.0);
+  for (const std::size_t prompts : {1u, 64u, 1000u}) {
+    const std::size_t kmax = 9;
+    std::vector<T> rewards(prompts * kmax, std::numeric_limits<T>::quiet_NaN());
+    std::vector<std::int32_t> ranks(prompts * kmax, -5), counts(prompts);
+    for (std::size_t p = 0; p < prompts; ++p) {
+      const std::size_t k = 2 + g() % (kmax - 1);
+      counts[p] = static_cast<std::int32_t>(k);
+      for (std::size_t i = 0; i < k; ++i) {
+        rewards[p * kmax + i] = static_cast<T>(z(g));
+        ranks[p * kmax + i] = static_cast<std::int32_t>(g() % k);  // ties happen
+      }
+    }
+    auto dr = rlhf::to_backend(b, rewards, prompts, kmax);
+    auto dk = rlhf::to_backend(b, ranks, prompts, kmax), dc = rlhf::to_backend(b, counts);
+    auto grad = rlhf::allocate<T>(b, prompts, kmax);
+    for (const auto& opts : {rlhf::ranking_loss_options::instructgpt(), rlhf::ranking_loss_options::trl(0.5, 0.01),
+                             rlhf::ranking_loss_options::nemo(),
+                             rlhf::ranking_loss_options{0.0, 0.02, rlhf::centering_form::squared_rewards,
+                                                        rlhf::pair_normalization::all_pairs}}) {
+      for (const bool with_grad : {true, false}) {
+        const auto got = rlhf::ranking_loss<rlhf::cuda_backend, T>(
+            b, rlhf::as_const(dr.view()), rlhf::as_const(dk.view()), rlhf::as_const(dc.view().flat()),
+            with_grad ? grad.view() : rlhf::matrix_view<T, rlhf::cuda_space>{}, opts);
+        std::vector<T> want_grad(prompts * kmax);
+        const auto want = rlhf::ranking_loss<rlhf::reference_backend, T>(
+            ref, rlhf::make_matrix_view(std::as_const(rewards).data(), prompts, kmax),
+            rlhf::make_matrix_view(std::as_const(ranks).data(), prompts, kmax),
+            rlhf::make_vector_view(std::as_const(counts).data(), prompts),
+            rlhf::make_matrix_view(want_grad.data(), prompts, kmax), opts);
+        const std::string at = " prompts " + std::to_string(prompts) + " margin " + std::to_string(opts.margin) +
+                               " center " + std::to_string(opts.center_coefficient);
+        check_close(std::vector<double>{got.loss, got.pair_loss, got.center_loss, got.accuracy, got.mean_margin,
+                                        got.compared_pairs},
+                    std::vector<double>{want.loss, want.pair_loss, want.center_loss, want.accuracy, want.mean_margin,
+                                        want.compared_pairs},
+                    1e-12, 1e-12, "ranking_loss statistics" + at);
+        // The generic path's expression in its order; the device's exp and fused multiply-adds round differently.
+        const double gtol = std::is_same_v<T, float> ? 1e-6 : 1e-13;
+        if (with_grad) check_close(rlhf::to_host(b, grad.view()), want_grad, gtol, gtol, "ranking_loss gradient" + at);
+      }
+    }
+  }
+}
+
 // The reference model's layers (embedding, RMSNorm, RoPE, grouped-query attention, SwiGLU, the LM head)
 // run on the GPU: log-probs, entropy and every parameter's gradient match the reference backend.
 template <class T>
@@ -309,6 +449,10 @@ int main() {
     gae_matches_reference<double>(on_stream);
     ppo_clip_matches_reference<float>(on_stream);
     ppo_clip_matches_reference<double>(on_stream);
+    kl_penalized_advantages_match_reference<float>(on_stream);
+    kl_penalized_advantages_match_reference<double>(on_stream);
+    ranking_loss_matches_reference<float>(on_stream);
+    ranking_loss_matches_reference<double>(on_stream);
     llama_matches_reference<float>(on_stream);
     llama_matches_reference<double>(on_stream);
     on_stream.synchronize();

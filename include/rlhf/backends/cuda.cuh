@@ -184,5 +184,7 @@ using backends::cuda_backend;
 
 // The CUDA backend's hand-written kernels (argument-dependent lookup, see docs/backends.md).
 #include "rlhf/backends/cuda/gae.cuh"
+#include "rlhf/backends/cuda/kl_penalized_advantages.cuh"
 #include "rlhf/backends/cuda/ppo_clip_loss.cuh"
+#include "rlhf/backends/cuda/ranking_loss.cuh"
 #include "rlhf/backends/cuda/token_logprobs.cuh"

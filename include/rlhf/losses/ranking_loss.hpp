@@ -20,6 +20,7 @@
 #include "rlhf/backends/checks.hpp"
 #include "rlhf/backends/concepts.hpp"
 #include "rlhf/backends/memory.hpp"
+#include "rlhf/backends/ranking_math.hpp"
 #include "rlhf/backends/view.hpp"
 #include "rlhf/config.hpp"
 #include "rlhf/error.hpp"
@@ -114,21 +115,6 @@ namespace detail {
 // same rows for (error kind, prompt, response, value).
 inline constexpr std::size_t ranking_scratch_rows = 5;
 inline constexpr double ranking_no_error = 4.0;  // error kinds: 1 counts, 2 ranks/best, 3 non-finite reward
-
-// -log sigma(x) = softplus(-x) with softplus(z) = max(z, 0) + log1p(exp(-|z|)): finite for any finite x
-// (never log(sigmoid(x)), which is -inf once sigmoid underflows; DeepSpeedExamples #316).
-RLHF_HOST_DEVICE inline double ranking_neg_log_sigmoid(double x) {
-  const double z = -x;
-  return std::fmax(z, 0.0) + std::log1p(std::exp(-std::fabs(z)));
-}
-// sigma(-x) = 1 - sigma(x), evaluated without overflow.
-RLHF_HOST_DEVICE inline double ranking_sigmoid_of_negative(double x) {
-  if (x >= 0) {
-    const double e = std::exp(-x);
-    return e / (1.0 + e);
-  }
-  return 1.0 / (1.0 + std::exp(x));
-}
 
 struct ranking_first_error {
   double kind = ranking_no_error, prompt = 0, response = 0, value = 0;
@@ -257,22 +243,8 @@ struct pairwise_prompt_kernel {
     }
     const double denom = compared_only ? static_cast<double>(compared) : static_cast<double>(all);
     const double w = denom > 0 ? 1.0 / denom : 0.0;
-    double center_term = 0;
-    if (center > 0) {
-      if (center_pair_sums) {
-        double s = 0;
-        for (std::size_t i = 0; i < k; ++i)
-          for (std::size_t j = i + 1; j < k; ++j) {
-            const double t = static_cast<double>(rewards(p, i)) + static_cast<double>(rewards(p, j));
-            s += t * t;
-          }
-        center_term = center * s / static_cast<double>(all);
-      } else {
-        double s = 0;
-        for (std::size_t i = 0; i < k; ++i) s += static_cast<double>(rewards(p, i)) * static_cast<double>(rewards(p, i));
-        center_term = center * s / static_cast<double>(k);
-      }
-    }
+    const T* row = rewards.data + p * rewards.cols;
+    const double center_term = center > 0 ? ranking_center_penalty(row, k, center, center_pair_sums) : 0.0;
     scratch(0, p) = w * pair_sum;
     scratch(1, p) = static_cast<double>(correct);
     scratch(2, p) = static_cast<double>(compared);
@@ -282,21 +254,9 @@ struct pairwise_prompt_kernel {
     double row_sum = 0;
     if (center > 0 && center_pair_sums)
       for (std::size_t i = 0; i < k; ++i) row_sum += static_cast<double>(rewards(p, i));
+    const std::int32_t* row_ranks = ranks.data + p * ranks.cols;
     for (std::size_t i = 0; i < k; ++i) {
-      // d/dx softplus(-x) = -sigma(-x) with x = r_better - r_worse - m: pushes r_better up, r_worse down.
-      const double ri = static_cast<double>(rewards(p, i));
-      double g = 0;
-      for (std::size_t j = 0; j < k; ++j) {
-        const double rj = static_cast<double>(rewards(p, j));
-        if (ranks(p, i) < ranks(p, j)) g -= ranking_sigmoid_of_negative(ri - rj - margin);
-        else if (ranks(p, j) < ranks(p, i)) g += ranking_sigmoid_of_negative(rj - ri - margin);
-      }
-      g *= w;
-      if (center > 0) {
-        g += center_pair_sums
-                 ? center * 2.0 * (static_cast<double>(k - 2) * ri + row_sum) / static_cast<double>(all)
-                 : center * 2.0 * ri / static_cast<double>(k);
-      }
+      const double g = ranking_response_gradient(row, row_ranks, i, k, margin, w, center, center_pair_sums, row_sum);
       d_rewards(p, i) = static_cast<T>(g * inv_prompts);
     }
     for (std::size_t i = k; i < d_rewards.cols; ++i) d_rewards(p, i) = T(0);
