@@ -9,9 +9,10 @@
 
 #include <cstddef>
 
-#include "rlhf/backends/eigen.hpp"
 #include "rlhf/backends/view.hpp"
 
+// The row sweep first, before eigen.hpp (which includes every Eigen kernel header at its end): the one-pass
+// advantages kernel (eigen/kl_penalized_advantages.hpp) calls it whichever header is included first.
 namespace rlhf::backends {
 
 namespace detail {
@@ -38,6 +39,13 @@ void eigen_gae_row(const T* rw, const T* v, const mask_type* m, T* a, T* ret, st
 }
 
 }  // namespace detail
+
+}  // namespace rlhf::backends
+
+#include "rlhf/backends/eigen.hpp"
+
+namespace rlhf::backends {
+
 
 /// rlhf::gae's specialization for rlhf::eigen_backend (found by argument-dependent lookup). Arguments are
 /// validated by rlhf::gae; `returns` may be empty (not wanted).

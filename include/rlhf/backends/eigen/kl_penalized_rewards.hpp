@@ -170,3 +170,6 @@ void rlhf_specialized_k1_kl_penalized_rewards(const eigen_backend& b, matrix_vie
 }
 
 }  // namespace rlhf::backends
+
+// The one-pass advantages kernel extends the row pass above (see eigen.hpp's list of kernels).
+#include "rlhf/backends/eigen/kl_penalized_advantages.hpp"
