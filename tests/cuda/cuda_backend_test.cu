@@ -1,6 +1,6 @@
 // The CUDA backend on a GPU: the conformance suite (every primitive and hot-path algorithm held to the
 // reference backend, which runs the hand-written kernels), cuBLAS GEMM for every transposition and shape,
-// the token log-prob, GAE, one-pass advantages, PPO-clip and ranking-loss kernels and the Llama model's forward and backward against the reference on ragged, filtered, masked rows, and streams.
+// the token log-prob (float, double, bfloat16 logits), GAE, one-pass advantages, PPO-clip and ranking-loss kernels and the Llama model's forward and backward against the reference on ragged, filtered, masked rows, and streams.
 // Built by nvcc whenever CUDA is found; labelled `gpu`; exits 77 (ctest: skipped) when no GPU is present.
 #include <cmath>
 #include <cstdio>
@@ -49,6 +49,16 @@ constexpr bool kernels_found = requires(const rlhf::cuda_backend& b, rlhf::matri
   rlhf_specialized_k1_kl_penalized_advantages(b, cm, cm, cm, mm, cv, m, m, m, m, x, 0, x, x, out, n, out, n, moments);
   rlhf_specialized_ranking_loss(b, cm, ranks, counts, m, scratch, d, d, flag, flag);
 };
+// bfloat16 logits, float outputs.
+constexpr bool bf16_kernels_found =
+    requires(const rlhf::cuda_backend& b, rlhf::matrix_view<const rlhf::bfloat16, rlhf::cuda_space> cl,
+             rlhf::matrix_view<rlhf::bfloat16, rlhf::cuda_space> l, rlhf::vector_view<const rlhf::token_type, rlhf::cuda_space> tok,
+             rlhf::vector_view<const rlhf::mask_type, rlhf::cuda_space> vm, rlhf::vector_view<float, rlhf::cuda_space> v,
+             rlhf::vector_view<const float, rlhf::cuda_space> cv, double d) {
+      rlhf_specialized_token_logprobs(b, cl, tok, vm, v, v, v, d);
+      rlhf_specialized_token_logprobs_backward(b, cl, tok, vm, cv, cv, cv, cv, l, d);
+    };
+static_assert(bf16_kernels_found, "the CUDA log-prob kernels no longer take bfloat16 logits");
 static_assert(kernels_found<float> && kernels_found<double>,
               "a CUDA kernel's signature no longer matches its algorithm's dispatch");
 static_assert(rlhf::detail::k1_kl_advantages_backend<rlhf::cuda_backend, float> &&
@@ -366,6 +376,60 @@ void ranking_loss_matches_reference(const rlhf::cuda_backend& b) {
   }
 }
 
+// bfloat16 logits on the GPU: the forward and the backward kernels against the reference backend on the same
+// bf16 buffers (-inf entries, masked rows with pads, V up to 32000).
+void bf16_token_logprobs_match_reference(const rlhf::cuda_backend& b) {
+  const rlhf::reference_backend ref;
+  std::mt19937_64 g(17);
+  std::normal_distribution<double> z(0.0, 3.0);
+  for (std::size_t vocab : {1u, 257u, 32000u}) {
+    const std::size_t rows = 29;
+    std::vector<rlhf::bfloat16> logits(rows * vocab);
+    for (auto& x : logits) x = rlhf::bfloat16(z(g));
+    std::vector<rlhf::token_type> tokens(rows);
+    std::vector<rlhf::mask_type> mask(rows, 1);
+    for (std::size_t r = 0; r < rows; ++r) {
+      tokens[r] = static_cast<rlhf::token_type>(g() % vocab);
+      if (r % 5 == 3) mask[r] = 0, tokens[r] = -100;
+      if (vocab > 2 && r % 7 == 1)
+        logits[r * vocab + (tokens[r] + 1) % vocab] = rlhf::bfloat16(-std::numeric_limits<float>::infinity());
+    }
+    auto d_logits = rlhf::to_backend(b, logits, rows, vocab);
+    auto d_tokens = rlhf::to_backend(b, tokens);
+    auto d_mask = rlhf::to_backend(b, mask);
+    auto lp = rlhf::allocate<float>(b, rows), lse = rlhf::allocate<float>(b, rows), h = rlhf::allocate<float>(b, rows);
+    rlhf::token_logprobs(b, rlhf::as_const(d_logits.view()), rlhf::as_const(d_tokens.view().flat()),
+                         rlhf::as_const(d_mask.view().flat()), lp.view().flat(), lse.view().flat(), h.view().flat());
+    std::vector<float> want_lp(rows), want_lse(rows), want_h(rows);
+    const auto host_logits = rlhf::make_matrix_view(std::as_const(logits).data(), rows, vocab);
+    const auto host_tokens = rlhf::make_vector_view(std::as_const(tokens).data(), rows);
+    const auto host_mask = rlhf::make_vector_view(std::as_const(mask).data(), rows);
+    rlhf::token_logprobs(ref, host_logits, host_tokens, host_mask, rlhf::make_vector_view(want_lp.data(), rows),
+                         rlhf::make_vector_view(want_lse.data(), rows), rlhf::make_vector_view(want_h.data(), rows));
+    const std::string at = " V " + std::to_string(vocab);
+    check_close(rlhf::to_host(b, lp.view()), want_lp, 1e-5, 1e-5, "bf16 token_logprobs" + at);
+    check_close(rlhf::to_host(b, lse.view()), want_lse, 1e-5, 1e-5, "bf16 logsumexp" + at);
+    check_close(rlhf::to_host(b, h.view()), want_h, 1e-5, 1e-5, "bf16 entropy" + at);
+    std::vector<float> gl(rows, -1.0f), gh(rows, 0.5f);
+    auto d_gl = rlhf::to_backend(b, gl), d_gh = rlhf::to_backend(b, gh);
+    auto grad = rlhf::allocate<rlhf::bfloat16>(b, rows, vocab);
+    rlhf::token_logprobs_backward(b, rlhf::as_const(d_logits.view()), rlhf::as_const(d_tokens.view().flat()),
+                                  rlhf::as_const(d_mask.view().flat()), rlhf::as_const(lse.view().flat()),
+                                  rlhf::as_const(d_gl.view().flat()), rlhf::as_const(h.view().flat()),
+                                  rlhf::as_const(d_gh.view().flat()), grad.view());
+    std::vector<rlhf::bfloat16> want_grad(rows * vocab);
+    rlhf::token_logprobs_backward(ref, host_logits, host_tokens, host_mask, rlhf::make_vector_view(std::as_const(want_lse).data(), rows),
+                                  rlhf::make_vector_view(std::as_const(gl).data(), rows),
+                                  rlhf::make_vector_view(std::as_const(want_h).data(), rows),
+                                  rlhf::make_vector_view(std::as_const(gh).data(), rows),
+                                  rlhf::make_matrix_view(want_grad.data(), rows, vocab));
+    const auto got = rlhf::to_host(b, grad.view());
+    std::vector<double> got_d(got.size()), want_d(got.size());
+    for (std::size_t i = 0; i < got.size(); ++i) got_d[i] = static_cast<double>(got[i]), want_d[i] = static_cast<double>(want_grad[i]);
+    check_close(got_d, want_d, 0x1p-7, 1e-6, "bf16 token_logprobs_backward (one bf16 ulp)" + at);
+  }
+}
+
 // The reference model's layers (embedding, RMSNorm, RoPE, grouped-query attention, SwiGLU, the LM head)
 // run on the GPU: log-probs, entropy and every parameter's gradient match the reference backend.
 template <class T>
@@ -445,6 +509,7 @@ int main() {
     gemm_matches_reference<double>(on_stream);
     token_logprobs_match_reference<float>(on_stream);
     token_logprobs_match_reference<double>(on_stream);
+    bf16_token_logprobs_match_reference(on_stream);
     gae_matches_reference<float>(on_stream);
     gae_matches_reference<double>(on_stream);
     ppo_clip_matches_reference<float>(on_stream);

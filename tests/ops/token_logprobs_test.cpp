@@ -667,3 +667,92 @@ TEMPLATE_LIST_TEST_CASE("regression: verl #6361: garbage in masked rows never re
   const auto k = run_kl(b, z, z, rows, v, mask, 1.0);
   CHECK(k.kl == std::vector<T>{0, 0, 0, 0});
 }
+
+// ---- bfloat16 logits ------------------------------------------------------------------------------------
+
+TEMPLATE_LIST_TEST_CASE("token_logprobs of bfloat16 logits: float outputs that match the oracle on the widened logits",
+                        "[ops][token_logprobs][bfloat16]", all_configs) {
+  // Forward and backward, with -inf (filtered) entries, masked rows holding pads, two temperatures, rows of
+  // one column to rows longer than the generic path's float chunk; in place too. The gradient is rounded once
+  // to bfloat16: within one bf16 ulp (2^-7 relative) of the exact value.
+  using B = typename TestType::backend;
+  const auto b = TestType::make();
+  auto g = rng(71);
+  for (const std::size_t v : {1u, 33u, 257u, 3000u}) {
+    for (const double t : {1.0, 0.7}) {
+      const std::size_t rows = 13;
+      const auto zf = normal<float>(g, rows * v, 0.0, 3.0);
+      std::vector<bfloat16> z(rows * v);
+      std::vector<double> zw(rows * v);  // the widened values: what the oracle sees
+      for (std::size_t i = 0; i < z.size(); ++i) z[i] = bfloat16(zf[i]);
+      std::vector<token_type> tokens(rows);
+      std::vector<mask_type> mask(rows, 1);
+      for (std::size_t r = 0; r < rows; ++r) {
+        tokens[r] = static_cast<token_type>(g() % v);
+        if (r % 5 == 3) mask[r] = 0, tokens[r] = -100;
+        if (v > 2 && r % 4 == 1) z[r * v + (static_cast<std::size_t>(tokens[r]) + 1) % v] = bfloat16(-std::numeric_limits<float>::infinity());
+      }
+      for (std::size_t i = 0; i < z.size(); ++i) zw[i] = static_cast<double>(z[i]);
+      auto dz = to_backend(b, z, rows, v);
+      auto dt = to_backend(b, tokens, 1, rows);
+      auto dm = to_backend(b, mask, 1, rows);
+      auto lp = allocate<float>(b, 1, rows), lse = allocate<float>(b, 1, rows), h = allocate<float>(b, 1, rows);
+      const auto st = token_logprobs(b, as_const(dz.view()), dt.view().flat(), dm.view().flat(), lp.view().flat(),
+                                     lse.view().flat(), h.view().flat(), token_logprob_options{t});
+      const auto want = oracle_forward(zw, rows, v, tokens, mask, t);
+      INFO("V " << v << " t " << t);
+      CHECK(st.valid_rows == 11);  // rows 3 and 8 are masked
+      CHECK_THAT(to_host(b, lp.view()), close_to<float>(want.logp, 4e-6, 4e-6));
+      CHECK_THAT(to_host(b, lse.view()), close_to<float>(want.lse, 4e-6, 4e-6));
+      CHECK_THAT(to_host(b, h.view()), close_to<float>(want.ent, 4e-6, 4e-6));
+
+      std::vector<float> gl(rows), gh(rows);
+      for (std::size_t r = 0; r < rows; ++r) gl[r] = static_cast<float>(r % 3) - 1.0f, gh[r] = 0.25f * static_cast<float>(r % 4);
+      auto dgl = to_backend(b, gl, 1, rows), dgh = to_backend(b, gh, 1, rows);
+      auto dlogits = allocate<bfloat16>(b, rows, v);
+      token_logprobs_backward(b, as_const(dz.view()), dt.view().flat(), dm.view().flat(), lse.view().flat(),
+                              dgl.view().flat(), h.view().flat(), dgh.view().flat(), dlogits.view(),
+                              token_logprob_options{t});
+      const auto want_d = oracle_backward(zw, rows, v, tokens, mask, std::vector<double>(gl.begin(), gl.end()),
+                                          std::vector<double>(gh.begin(), gh.end()), t);
+      const auto got_d = to_host(b, dlogits.view());
+      std::size_t off = 0;
+      for (std::size_t i = 0; i < got_d.size(); ++i) {
+        const double x = static_cast<double>(got_d[i]), w = want_d[i];
+        if (!(std::abs(x - w) <= 0x1p-7 * std::abs(w) + 1e-6)) ++off;
+      }
+      CHECK(off == 0);
+      // In place: the gradient overwrites the logits, with the same bits.
+      token_logprobs_backward(b, as_const(dz.view()), dt.view().flat(), dm.view().flat(), lse.view().flat(),
+                              dgl.view().flat(), h.view().flat(), dgh.view().flat(), dz.view(), token_logprob_options{t});
+      CHECK(to_host(b, dz.view()) == got_d);
+      static_assert(std::is_same_v<decltype(to_host(b, dz.view())), std::vector<bfloat16>>);
+      (void)sizeof(B);
+    }
+  }
+}
+
+TEMPLATE_LIST_TEST_CASE("token_logprobs of bfloat16 logits: named errors and the opt-in finite check",
+                        "[ops][token_logprobs][bfloat16][errors]", all_configs) {
+  const auto b = TestType::make();
+  const float nan = std::numeric_limits<float>::quiet_NaN(), ninf = -std::numeric_limits<float>::infinity();
+  auto z = to_backend(b, std::vector<bfloat16>{bfloat16(1.0f), bfloat16(ninf), bfloat16(0.5f), bfloat16(2.0f)}, 2, 2);
+  auto tokens = to_backend(b, std::vector<token_type>{0, 1}, 1, 2);
+  auto lp = allocate<float>(b, 1, 2), short_lp = allocate<float>(b, 1, 1);
+  try {
+    token_logprobs(b, as_const(z.view()), tokens.view().flat(), {}, short_lp.view().flat());
+    FAIL("no error for a short logprobs");
+  } catch (const rlhf::invalid_argument& e) {
+    CHECK_THAT(std::string(e.what()), Catch::Contains("rlhf::token_logprobs") && Catch::Contains("logprobs"));
+  }
+  set_finite_checks(true);
+  CHECK_NOTHROW(token_logprobs(b, as_const(z.view()), tokens.view().flat(), {}, lp.view().flat()));  // -inf is fine
+  auto bad = to_backend(b, std::vector<bfloat16>{bfloat16(1.0f), bfloat16(nan), bfloat16(0.5f), bfloat16(2.0f)}, 2, 2);
+  CHECK_THROWS_AS(token_logprobs(b, as_const(bad.view()), tokens.view().flat(), {}, lp.view().flat()), non_finite_error);
+  set_finite_checks(false);
+  // Without the check, the NaN row gives NaN and the other row its value: log softmax([0.5, 2])[1].
+  token_logprobs(b, as_const(bad.view()), tokens.view().flat(), {}, lp.view().flat());
+  const auto got = to_host(b, lp.view());
+  CHECK(std::isnan(got[0]));
+  CHECK(got[1] == Approx(2.0 - std::log(std::exp(0.5) + std::exp(2.0))).epsilon(1e-6));
+}

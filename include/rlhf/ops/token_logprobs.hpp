@@ -36,6 +36,7 @@
 #include <string_view>
 #include <type_traits>
 
+#include "rlhf/backends/bfloat16.hpp"
 #include "rlhf/backends/checks.hpp"
 #include "rlhf/backends/concepts.hpp"
 #include "rlhf/backends/online_logsumexp.hpp"
@@ -90,6 +91,7 @@ struct logp_count_nan_or_pos_inf {
   RLHF_HOST_DEVICE std::size_t operator()(T x) const {
     return ((x - x == x - x) || x < T(0)) ? 0 : 1;  // finite, or -inf: fine
   }
+  RLHF_HOST_DEVICE std::size_t operator()(bfloat16 x) const { return (*this)(static_cast<float>(x)); }
 };
 
 template <class B, class T, class S>
@@ -169,12 +171,17 @@ inline constexpr std::size_t logp_float_chunk = 64;
 /// this path at 0.17 G elements/s (docs/benchmarks.md). Returns false, leaving the row to the online pass,
 /// when m is not finite (all -inf, +inf, or no comparison succeeded because of NaN): there that pass gives
 /// the documented NaN results. A NaN among finite logits makes s NaN here too.
-RLHF_HOST_DEVICE inline bool logp_row_two_pass(const float* row, std::size_t v, double inv_t, double& s_out,
+/// bfloat16 rows take the same passes, each element widened to float as it is read.
+template <class L>
+RLHF_HOST_DEVICE inline bool logp_row_two_pass(const L* row, std::size_t v, double inv_t, double& s_out,
                                                double& w_out, double& max_out) {
   constexpr float inf = std::numeric_limits<float>::infinity();
   float m = -inf;
   RLHF_SIMD_LOOP(reduction(max : m))
-  for (std::size_t j = 0; j < v; ++j) m = row[j] > m ? row[j] : m;
+  for (std::size_t j = 0; j < v; ++j) {
+    const float x = logit_as_float(row[j]);
+    m = x > m ? x : m;
+  }
   if (!(m > -inf && m < inf)) return false;
   const float it = static_cast<float>(inv_t);
   double s = 0.0, w = 0.0;
@@ -183,7 +190,7 @@ RLHF_HOST_DEVICE inline bool logp_row_two_pass(const float* row, std::size_t v, 
     float cs = 0.0f, cw = 0.0f;
     RLHF_SIMD_LOOP(reduction(+ : cs, cw))
     for (std::size_t j = j0; j < j1; ++j) {
-      const float d = (row[j] - m) * it;  // the difference of raw logits first, as in the online pass
+      const float d = (logit_as_float(row[j]) - m) * it;  // the difference of raw logits first, as in the online pass
       const float e = polynomial_exp(d);
       cs += e;
       cw += e > 0.0f ? e * d : 0.0f;  // a -inf logit: e = 0, d = -inf, and no 0 * inf
@@ -197,10 +204,11 @@ RLHF_HOST_DEVICE inline bool logp_row_two_pass(const float* row, std::size_t v, 
   return true;
 }
 
-/// Forward: logp, logsumexp and entropy of row r in one pass.
-template <class T, class S>
+/// Forward: logp, logsumexp and entropy of row r in one pass. L: the logits' element type (T, or bfloat16
+/// with T = float).
+template <class T, class S, class L = T>
 struct token_logprobs_row {
-  matrix_view<const T, S> logits;
+  matrix_view<const L, S> logits;
   vector_view<const token_type, S> tokens;
   vector_view<const mask_type, S> mask;
   vector_view<T, S> logprobs;
@@ -216,10 +224,12 @@ struct token_logprobs_row {
       return;
     }
     const std::size_t v = logits.cols;
-    const T* row = logits.data + r * v;
+    const L* row = logits.data + r * v;
     logp_online_state st;
     bool done = false;
-    if constexpr (std::is_same_v<T, float>) done = logp_row_two_pass(row, v, inv_t, st.s, st.w, st.m);
+    if constexpr (std::is_same_v<L, float> || std::is_same_v<L, bfloat16>) {
+      done = logp_row_two_pass(row, v, inv_t, st.s, st.w, st.m);
+    }
     if (!done) {
       for (std::size_t j = 0; j < v; ++j) st.add(static_cast<double>(row[j]), inv_t);
     }
@@ -231,25 +241,26 @@ struct token_logprobs_row {
   }
 };
 
-/// Backward: d logits of row r in one pass (may write over the logits).
-template <class T, class S>
+/// Backward: d logits of row r in one pass (may write over the logits). L: the logits' and their gradient's
+/// element type (T, or bfloat16 with T = float: the gradient is computed in float and rounded once).
+template <class T, class S, class L = T>
 struct token_logprobs_backward_row {
-  matrix_view<const T, S> logits;
+  matrix_view<const L, S> logits;
   vector_view<const token_type, S> tokens;
   vector_view<const mask_type, S> mask;
   vector_view<const T, S> logsumexp;
   vector_view<const T, S> d_logprobs;
   vector_view<const T, S> entropy;
   vector_view<const T, S> d_entropy;
-  matrix_view<T, S> dlogits;
+  matrix_view<L, S> dlogits;
   double inv_t;
 
   RLHF_HOST_DEVICE void operator()(std::size_t r) const {
     const std::size_t v = logits.cols;
-    const T* row = logits.data + r * v;
-    T* out = dlogits.data + r * v;
+    const L* row = logits.data + r * v;
+    L* out = dlogits.data + r * v;
     if (!mask.empty() && mask[r] == 0) {
-      for (std::size_t j = 0; j < v; ++j) out[j] = T(0);
+      for (std::size_t j = 0; j < v; ++j) out[j] = L(0.0f);
       return;
     }
     const double g = d_logprobs.empty() ? 0.0 : static_cast<double>(d_logprobs[r]);
@@ -257,13 +268,13 @@ struct token_logprobs_backward_row {
     const double h = entropy.empty() ? 0.0 : static_cast<double>(entropy[r]);
     const double lse = static_cast<double>(logsumexp[r]);
     const std::size_t y = static_cast<std::size_t>(tokens[r]);
-    if constexpr (std::is_same_v<T, float>) {
+    if constexpr (std::is_same_v<L, float> || std::is_same_v<L, bfloat16>) {
       const double zy = static_cast<double>(row[y]);  // read first: out may be the logits
       backward_float(row, out, v, lse, g, gh, h);
-      out[y] = static_cast<T>(logp_backward_element(zy, true, lse, g, gh, h, inv_t));
+      out[y] = static_cast<L>(logp_backward_element(zy, true, lse, g, gh, h, inv_t));
     } else {
       for (std::size_t j = 0; j < v; ++j) {
-        out[j] = static_cast<T>(logp_backward_element(static_cast<double>(row[j]), j == y, lse, g, gh, h, inv_t));
+        out[j] = static_cast<L>(logp_backward_element(static_cast<double>(row[j]), j == y, lse, g, gh, h, inv_t));
       }
     }
   }
@@ -272,7 +283,7 @@ struct token_logprobs_backward_row {
   // with c = lse t rounded to float and corr = c / t - lse formed once in double, so z_j - c is exact for the
   // logits near the top that carry the probability (also at magnitude 1e4, where z_j / t - lse in float would
   // lose three digits), and p_j = polynomial_exp(log p_j). The caller redoes the token's column in double.
-  RLHF_HOST_DEVICE void backward_float(const float* row, float* out, std::size_t v, double lse, double g, double gh,
+  RLHF_HOST_DEVICE void backward_float(const L* row, L* out, std::size_t v, double lse, double g, double gh,
                                        double h) const {
     const float c = static_cast<float>(lse / inv_t);
     const float corr = static_cast<float>(static_cast<double>(c) * inv_t - lse);
@@ -280,10 +291,10 @@ struct token_logprobs_backward_row {
     const float hf = static_cast<float>(h);
     RLHF_SIMD_LOOP()
     for (std::size_t j = 0; j < v; ++j) {
-      const float lp = (row[j] - c) * it + corr;
+      const float lp = (logit_as_float(row[j]) - c) * it + corr;
       const float p = polynomial_exp(lp);
       const float entropy_term = p > 0.0f ? ghf * p * (lp + hf) : 0.0f;  // 0 where p = 0 (a -inf logit)
-      out[j] = (-gf * p - entropy_term) * it;
+      out[j] = static_cast<L>((-gf * p - entropy_term) * it);
     }
   }
 };
@@ -397,21 +408,21 @@ struct full_kl_backward_row {
   }
 };
 
-template <class B, class T>
-void token_logprobs_generic(const B& b, backend_matrix<B, const T> logits, backend_vector<B, const token_type> tokens,
+template <class B, class T, class L>
+void token_logprobs_generic(const B& b, backend_matrix<B, const L> logits, backend_vector<B, const token_type> tokens,
                             backend_vector<B, const mask_type> mask, backend_vector<B, T> logprobs,
                             backend_vector<B, T> logsumexp, backend_vector<B, T> entropy, double temperature) {
-  b.for_each_index(logits.rows, token_logprobs_row<T, typename B::memory_space>{
+  b.for_each_index(logits.rows, token_logprobs_row<T, typename B::memory_space, L>{
                                     logits, tokens, mask, logprobs, logsumexp, entropy, 1.0 / temperature});
 }
 
-template <class B, class T>
-void token_logprobs_backward_generic(const B& b, backend_matrix<B, const T> logits,
+template <class B, class T, class L>
+void token_logprobs_backward_generic(const B& b, backend_matrix<B, const L> logits,
                                      backend_vector<B, const token_type> tokens, backend_vector<B, const mask_type> mask,
                                      backend_vector<B, const T> logsumexp, backend_vector<B, const T> d_logprobs,
                                      backend_vector<B, const T> entropy, backend_vector<B, const T> d_entropy,
-                                     backend_matrix<B, T> dlogits, double temperature) {
-  b.for_each_index(logits.rows, token_logprobs_backward_row<T, typename B::memory_space>{
+                                     backend_matrix<B, L> dlogits, double temperature) {
+  b.for_each_index(logits.rows, token_logprobs_backward_row<T, typename B::memory_space, L>{
                                     logits, tokens, mask, logsumexp, d_logprobs, entropy, d_entropy, dlogits,
                                     1.0 / temperature});
 }
@@ -434,6 +445,70 @@ void full_kl_backward_generic(const B& b, backend_matrix<B, const T> logits_p, b
                                       1.0 / temperature});
 }
 
+template <class B, class T, class L>
+token_logprob_stats token_logprobs_impl(const B& b, backend_matrix<B, const L> logits,
+                                        backend_vector<B, const token_type> tokens,
+                                        backend_vector<B, const mask_type> mask, backend_vector<B, T> logprobs,
+                                        backend_vector<B, T> logsumexp, backend_vector<B, T> entropy,
+                                        const token_logprob_options& options) {
+  detail::check_reduce_backend<B>();
+  constexpr std::string_view fn = "rlhf::token_logprobs";
+  const std::size_t rows = logits.rows;
+  detail::logp_check_vocab(fn, "logits", logits);
+  detail::check_size(fn, "tokens", tokens, rows, "(one per row of 'logits')");
+  detail::logp_check_optional_size(fn, "mask", mask, rows);
+  detail::check_size(fn, "logprobs", logprobs, rows, "(one per row of 'logits')");
+  detail::logp_check_optional_size(fn, "logsumexp", logsumexp, rows);
+  detail::logp_check_optional_size(fn, "entropy", entropy, rows);
+  detail::check_positive(fn, "options.temperature", options.temperature);
+  const std::size_t valid = detail::logp_check_tokens(b, fn, tokens, mask, logits.cols);
+  detail::logp_check_logits_finite(b, fn, "logits", logits);
+  if (rows == 0) return {0};
+  const double t = options.temperature;
+  if constexpr (requires { rlhf_specialized_token_logprobs(b, logits, tokens, mask, logprobs, logsumexp, entropy, t); })
+    rlhf_specialized_token_logprobs(b, logits, tokens, mask, logprobs, logsumexp, entropy, t);
+  else
+    detail::token_logprobs_generic<B, T, L>(b, logits, tokens, mask, logprobs, logsumexp, entropy, t);
+  return {valid};
+}
+
+template <class B, class T, class L>
+void token_logprobs_backward_impl(const B& b, backend_matrix<B, const L> logits,
+                                  backend_vector<B, const token_type> tokens, backend_vector<B, const mask_type> mask,
+                                  backend_vector<B, const T> logsumexp, backend_vector<B, const T> d_logprobs,
+                                  backend_vector<B, const T> entropy, backend_vector<B, const T> d_entropy,
+                                  backend_matrix<B, L> dlogits, const token_logprob_options& options) {
+  detail::check_reduce_backend<B>();
+  constexpr std::string_view fn = "rlhf::token_logprobs_backward";
+  const std::size_t rows = logits.rows;
+  detail::logp_check_vocab(fn, "logits", logits);
+  detail::check_size(fn, "tokens", tokens, rows, "(one per row of 'logits')");
+  detail::logp_check_optional_size(fn, "mask", mask, rows);
+  detail::check_size(fn, "logsumexp", logsumexp, rows, "(one per row of 'logits', saved by the forward)");
+  detail::logp_check_optional_size(fn, "d_logprobs", d_logprobs, rows);
+  detail::logp_check_optional_size(fn, "d_entropy", d_entropy, rows);
+  if (!d_entropy.empty()) {
+    detail::check_size(fn, "entropy", entropy, rows, "(one per row of 'logits', saved by the forward, since 'd_entropy' is given)");
+  } else {
+    detail::logp_check_optional_size(fn, "entropy", entropy, rows);
+  }
+  detail::check_same_shape(fn, "dlogits", dlogits, "logits", logits);
+  detail::check_positive(fn, "options.temperature", options.temperature);
+  detail::logp_check_tokens(b, fn, tokens, mask, logits.cols);
+  detail::logp_check_logits_finite(b, fn, "logits", logits);
+  if (rows == 0) return;
+  const double t = options.temperature;
+  if constexpr (requires {
+                  rlhf_specialized_token_logprobs_backward(b, logits, tokens, mask, logsumexp, d_logprobs, entropy,
+                                                           d_entropy, dlogits, t);
+                })
+    rlhf_specialized_token_logprobs_backward(b, logits, tokens, mask, logsumexp, d_logprobs, entropy, d_entropy,
+                                             dlogits, t);
+  else
+    detail::token_logprobs_backward_generic<B, T, L>(b, logits, tokens, mask, logsumexp, d_logprobs, entropy,
+                                                     d_entropy, dlogits, t);
+}
+
 }  // namespace detail
 
 /// Token log-probabilities (and optionally logsumexp and entropy) from logits, fused: one pass per row.
@@ -445,7 +520,7 @@ void full_kl_backward_generic(const B& b, backend_matrix<B, const T> logits_p, b
 /// logprobs -inf (a finite entropy).
 ///
 /// @tparam B a reduce_backend (uses for_each_index and transform_reduce).
-/// @tparam T float or double, deduced from `logprobs`.
+/// @tparam T float or double, deduced from `logprobs` (bfloat16 logits: the overload below, float outputs).
 /// @param b the backend.
 /// @param logits [rows, V] logits (V >= 1 when rows > 0); -inf entries are filtered vocabulary entries.
 /// @param tokens [rows] token ids; at valid rows each must lie in [0, V) (checked, one reduction over rows).
@@ -463,26 +538,21 @@ token_logprob_stats token_logprobs(const B& b, std::type_identity_t<backend_matr
                                    backend_vector<B, T> logprobs, std::type_identity_t<backend_vector<B, T>> logsumexp = {},
                                    std::type_identity_t<backend_vector<B, T>> entropy = {},
                                    const token_logprob_options& options = {}) {
-  detail::check_reduce_backend<B>();
-  constexpr std::string_view fn = "rlhf::token_logprobs";
   static_assert(std::is_floating_point_v<T>, "rlhf::token_logprobs: T must be float or double");
-  const std::size_t rows = logits.rows;
-  detail::logp_check_vocab(fn, "logits", logits);
-  detail::check_size(fn, "tokens", tokens, rows, "(one per row of 'logits')");
-  detail::logp_check_optional_size(fn, "mask", mask, rows);
-  detail::check_size(fn, "logprobs", logprobs, rows, "(one per row of 'logits')");
-  detail::logp_check_optional_size(fn, "logsumexp", logsumexp, rows);
-  detail::logp_check_optional_size(fn, "entropy", entropy, rows);
-  detail::check_positive(fn, "options.temperature", options.temperature);
-  const std::size_t valid = detail::logp_check_tokens(b, fn, tokens, mask, logits.cols);
-  detail::logp_check_logits_finite(b, fn, "logits", logits);
-  if (rows == 0) return {0};
-  const double t = options.temperature;
-  if constexpr (requires { rlhf_specialized_token_logprobs(b, logits, tokens, mask, logprobs, logsumexp, entropy, t); })
-    rlhf_specialized_token_logprobs(b, logits, tokens, mask, logprobs, logsumexp, entropy, t);
-  else
-    detail::token_logprobs_generic<B, T>(b, logits, tokens, mask, logprobs, logsumexp, entropy, t);
-  return {valid};
+  return detail::token_logprobs_impl<B, T, T>(b, logits, tokens, mask, logprobs, logsumexp, entropy, options);
+}
+
+/// rlhf::token_logprobs of bfloat16 logits (a model that computes its LM head in bf16): every element is
+/// widened to float as it is read, sums are accumulated as for float logits (float partial sums of 64 terms
+/// into double), and the outputs are float. Same contract and arguments otherwise; no float copy of the
+/// logits is made.
+template <class B>
+token_logprob_stats token_logprobs(const B& b, backend_matrix<B, const bfloat16> logits,
+                                   backend_vector<B, const token_type> tokens, backend_vector<B, const mask_type> mask,
+                                   backend_vector<B, float> logprobs, backend_vector<B, float> logsumexp = {},
+                                   backend_vector<B, float> entropy = {}, const token_logprob_options& options = {}) {
+  return detail::token_logprobs_impl<B, float, bfloat16>(b, logits, tokens, mask, logprobs, logsumexp, entropy,
+                                                          options);
 }
 
 /// Backward of rlhf::token_logprobs: d loss / d logits in one pass per row.
@@ -517,36 +587,22 @@ void token_logprobs_backward(const B& b, std::type_identity_t<backend_matrix<B, 
                              std::type_identity_t<backend_vector<B, const T>> entropy,
                              std::type_identity_t<backend_vector<B, const T>> d_entropy, backend_matrix<B, T> dlogits,
                              const token_logprob_options& options = {}) {
-  detail::check_reduce_backend<B>();
-  constexpr std::string_view fn = "rlhf::token_logprobs_backward";
   static_assert(std::is_floating_point_v<T>, "rlhf::token_logprobs_backward: T must be float or double");
-  const std::size_t rows = logits.rows;
-  detail::logp_check_vocab(fn, "logits", logits);
-  detail::check_size(fn, "tokens", tokens, rows, "(one per row of 'logits')");
-  detail::logp_check_optional_size(fn, "mask", mask, rows);
-  detail::check_size(fn, "logsumexp", logsumexp, rows, "(one per row of 'logits', saved by the forward)");
-  detail::logp_check_optional_size(fn, "d_logprobs", d_logprobs, rows);
-  detail::logp_check_optional_size(fn, "d_entropy", d_entropy, rows);
-  if (!d_entropy.empty()) {
-    detail::check_size(fn, "entropy", entropy, rows, "(one per row of 'logits', saved by the forward, since 'd_entropy' is given)");
-  } else {
-    detail::logp_check_optional_size(fn, "entropy", entropy, rows);
-  }
-  detail::check_same_shape(fn, "dlogits", dlogits, "logits", logits);
-  detail::check_positive(fn, "options.temperature", options.temperature);
-  detail::logp_check_tokens(b, fn, tokens, mask, logits.cols);
-  detail::logp_check_logits_finite(b, fn, "logits", logits);
-  if (rows == 0) return;
-  const double t = options.temperature;
-  if constexpr (requires {
-                  rlhf_specialized_token_logprobs_backward(b, logits, tokens, mask, logsumexp, d_logprobs, entropy,
-                                                           d_entropy, dlogits, t);
-                })
-    rlhf_specialized_token_logprobs_backward(b, logits, tokens, mask, logsumexp, d_logprobs, entropy, d_entropy,
-                                             dlogits, t);
-  else
-    detail::token_logprobs_backward_generic<B, T>(b, logits, tokens, mask, logsumexp, d_logprobs, entropy, d_entropy,
-                                                  dlogits, t);
+  detail::token_logprobs_backward_impl<B, T, T>(b, logits, tokens, mask, logsumexp, d_logprobs, entropy, d_entropy,
+                                                dlogits, options);
+}
+
+/// rlhf::token_logprobs_backward of bfloat16 logits: the float statistics of the bf16 forward in, the
+/// gradient computed in float per element and rounded once to bfloat16 (to nearest even) out. `dlogits` may
+/// alias `logits`.
+template <class B>
+void token_logprobs_backward(const B& b, backend_matrix<B, const bfloat16> logits,
+                             backend_vector<B, const token_type> tokens, backend_vector<B, const mask_type> mask,
+                             backend_vector<B, const float> logsumexp, backend_vector<B, const float> d_logprobs,
+                             backend_vector<B, const float> entropy, backend_vector<B, const float> d_entropy,
+                             backend_matrix<B, bfloat16> dlogits, const token_logprob_options& options = {}) {
+  detail::token_logprobs_backward_impl<B, float, bfloat16>(b, logits, tokens, mask, logsumexp, d_logprobs, entropy,
+                                                           d_entropy, dlogits, options);
 }
 
 /// Exact KL(p || q) over the whole vocabulary, per row, in one pass over both logit sets.

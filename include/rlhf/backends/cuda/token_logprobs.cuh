@@ -14,6 +14,9 @@
 ///   entropy) with `logp_backward_element`, the function the generic row functor uses; one read and one
 ///   write of the row, in place allowed.
 ///
+/// bfloat16 logits (with float outputs) take the same kernels, each element widened as it is read: half the
+/// bytes of float logits per row.
+///
 /// CPU reference: the generic row functors `token_logprobs_row` / `token_logprobs_backward_row` in
 /// rlhf/ops/token_logprobs.hpp, which use the same state and finish functions. The CPU tests replay this
 /// kernel's split-and-merge order on the host (tests/backends/online_logsumexp_test.cpp); the GPU test
@@ -70,9 +73,9 @@ __device__ inline rlhf::detail::logp_online_state block_merge(rlhf::detail::logp
   return st;
 }
 
-template <class T, unsigned Threads>
+template <class T, class L, unsigned Threads>
 __global__ void __launch_bounds__(Threads)
-    token_logprobs_rows(matrix_view<const T, cuda_space> logits, vector_view<const token_type, cuda_space> tokens,
+    token_logprobs_rows(matrix_view<const L, cuda_space> logits, vector_view<const token_type, cuda_space> tokens,
                         vector_view<const mask_type, cuda_space> mask, vector_view<T, cuda_space> logprobs,
                         vector_view<T, cuda_space> logsumexp, vector_view<T, cuda_space> entropy, double inv_t) {
   const std::size_t r = blockIdx.x;
@@ -85,7 +88,7 @@ __global__ void __launch_bounds__(Threads)
     return;
   }
   const std::size_t v = logits.cols;
-  const T* row = logits.data + r * v;
+  const L* row = logits.data + r * v;
   rlhf::detail::logp_online_state st;
   for (std::size_t j = threadIdx.x; j < v; j += Threads) st.add(static_cast<double>(row[j]), inv_t);
   st = block_merge<Threads>(st, inv_t);
@@ -98,19 +101,19 @@ __global__ void __launch_bounds__(Threads)
   }
 }
 
-template <class T, unsigned Threads>
+template <class T, class L, unsigned Threads>
 __global__ void __launch_bounds__(Threads)
-    token_logprobs_backward_rows(matrix_view<const T, cuda_space> logits, vector_view<const token_type, cuda_space> tokens,
+    token_logprobs_backward_rows(matrix_view<const L, cuda_space> logits, vector_view<const token_type, cuda_space> tokens,
                                  vector_view<const mask_type, cuda_space> mask, vector_view<const T, cuda_space> logsumexp,
                                  vector_view<const T, cuda_space> d_logprobs, vector_view<const T, cuda_space> entropy,
-                                 vector_view<const T, cuda_space> d_entropy, matrix_view<T, cuda_space> dlogits,
+                                 vector_view<const T, cuda_space> d_entropy, matrix_view<L, cuda_space> dlogits,
                                  double inv_t) {
   const std::size_t r = blockIdx.x;
   const std::size_t v = logits.cols;
-  const T* row = logits.data + r * v;
-  T* out = dlogits.data + r * v;
+  const L* row = logits.data + r * v;
+  L* out = dlogits.data + r * v;
   if (!mask.empty() && mask[r] == 0) {
-    for (std::size_t j = threadIdx.x; j < v; j += Threads) out[j] = T(0);
+    for (std::size_t j = threadIdx.x; j < v; j += Threads) out[j] = L(0.0f);
     return;
   }
   const double g = d_logprobs.empty() ? 0.0 : static_cast<double>(d_logprobs[r]);
@@ -119,37 +122,39 @@ __global__ void __launch_bounds__(Threads)
   const double lse = static_cast<double>(logsumexp[r]);
   const std::size_t y = static_cast<std::size_t>(tokens[r]);
   for (std::size_t j = threadIdx.x; j < v; j += Threads) {
-    out[j] = static_cast<T>(rlhf::detail::logp_backward_element(static_cast<double>(row[j]), j == y, lse, g, gh, h, inv_t));
+    out[j] = static_cast<L>(rlhf::detail::logp_backward_element(static_cast<double>(row[j]), j == y, lse, g, gh, h, inv_t));
   }
 }
 
 }  // namespace cuda_kernels
 
-/// rlhf::token_logprobs on the CUDA backend: one block per row (see the file comment).
-template <class T>
-void rlhf_specialized_token_logprobs(const cuda_backend& b, matrix_view<const T, cuda_space> logits,
+/// rlhf::token_logprobs on the CUDA backend: one block per row (see the file comment). L: the logits' element
+/// type, T (float or double), or bfloat16 with T = float.
+template <class T, class L>
+void rlhf_specialized_token_logprobs(const cuda_backend& b, matrix_view<const L, cuda_space> logits,
                                      vector_view<const token_type, cuda_space> tokens,
                                      vector_view<const mask_type, cuda_space> mask, vector_view<T, cuda_space> logprobs,
                                      vector_view<T, cuda_space> logsumexp, vector_view<T, cuda_space> entropy,
                                      double temperature) {
   constexpr unsigned threads = cuda_backend::row_block_threads;
-  cuda_kernels::token_logprobs_rows<T, threads><<<static_cast<unsigned>(logits.rows), threads, 0, b.stream()>>>(
+  cuda_kernels::token_logprobs_rows<T, L, threads><<<static_cast<unsigned>(logits.rows), threads, 0, b.stream()>>>(
       logits, tokens, mask, logprobs, logsumexp, entropy, 1.0 / temperature);
   detail::cuda_check(cudaGetLastError(), "rlhf::token_logprobs (CUDA kernel)", "token_logprobs_rows<<<>>>");
 }
 
-/// rlhf::token_logprobs_backward on the CUDA backend: one block per row (see the file comment).
-template <class T>
-void rlhf_specialized_token_logprobs_backward(const cuda_backend& b, matrix_view<const T, cuda_space> logits,
+/// rlhf::token_logprobs_backward on the CUDA backend: one block per row (see the file comment). L as above; the
+/// gradient is written in L (bfloat16: rounded once from the double element).
+template <class T, class L>
+void rlhf_specialized_token_logprobs_backward(const cuda_backend& b, matrix_view<const L, cuda_space> logits,
                                               vector_view<const token_type, cuda_space> tokens,
                                               vector_view<const mask_type, cuda_space> mask,
                                               vector_view<const T, cuda_space> logsumexp,
                                               vector_view<const T, cuda_space> d_logprobs,
                                               vector_view<const T, cuda_space> entropy,
                                               vector_view<const T, cuda_space> d_entropy,
-                                              matrix_view<T, cuda_space> dlogits, double temperature) {
+                                              matrix_view<L, cuda_space> dlogits, double temperature) {
   constexpr unsigned threads = cuda_backend::row_block_threads;
-  cuda_kernels::token_logprobs_backward_rows<T, threads><<<static_cast<unsigned>(logits.rows), threads, 0, b.stream()>>>(
+  cuda_kernels::token_logprobs_backward_rows<T, L, threads><<<static_cast<unsigned>(logits.rows), threads, 0, b.stream()>>>(
       logits, tokens, mask, logsumexp, d_logprobs, entropy, d_entropy, dlogits, 1.0 / temperature);
   detail::cuda_check(cudaGetLastError(), "rlhf::token_logprobs_backward (CUDA kernel)", "token_logprobs_backward_rows<<<>>>");
 }
