@@ -1,6 +1,6 @@
 // The CUDA backend on a GPU: the conformance suite (every primitive and hot-path algorithm held to the
 // reference backend, which runs the hand-written kernels), cuBLAS GEMM for every transposition and shape,
-// the token log-prob (float, double, bfloat16 logits), GAE, one-pass advantages, PPO-clip and ranking-loss kernels and the Llama model's forward and backward against the reference on ragged, filtered, masked rows, and streams.
+// the token log-prob (float, double, bfloat16 logits), GAE, one-pass advantages, PPO-clip, value-loss and ranking-loss kernels and the Llama model's forward and backward against the reference on ragged, filtered, masked rows, and streams.
 // Built by nvcc whenever CUDA is found; labelled `gpu`; exits 77 (ctest: skipped) when no GPU is present.
 #include <cmath>
 #include <cstdio>
@@ -17,6 +17,7 @@
 #include "rlhf/backends/reference.hpp"
 #include "rlhf/losses/ppo_clip_loss.hpp"
 #include "rlhf/losses/ranking_loss.hpp"
+#include "rlhf/losses/value_loss.hpp"
 #include "rlhf/models/llama.hpp"
 #include "rlhf/ops/token_logprobs.hpp"
 #include "rlhf/testing/conformance.hpp"
@@ -48,6 +49,7 @@ constexpr bool kernels_found = requires(const rlhf::cuda_backend& b, rlhf::matri
   rlhf_specialized_ppo_clip_loss(b, cm, cm, cm, mm, w, m, d, d, d, d, out, out, out, out, out, out, out);
   rlhf_specialized_k1_kl_penalized_advantages(b, cm, cm, cm, mm, cv, m, m, m, m, x, 0, x, x, out, n, out, n, moments);
   rlhf_specialized_ranking_loss(b, cm, ranks, counts, m, scratch, d, d, flag, flag);
+  rlhf_specialized_clipped_value_loss(b, cm, cm, cm, mm, w, m, d, out, out, out, out, out, out);
 };
 // bfloat16 logits, float outputs.
 constexpr bool bf16_kernels_found =
@@ -430,6 +432,55 @@ void bf16_token_logprobs_match_reference(const rlhf::cuda_backend& b) {
   }
 }
 
+// The clipped value loss kernel against the reference backend: values inside and outside the clip range, NaN
+// where masked, each aggregation, with and without the gradient, unclipped too.
+template <class T>
+void value_loss_matches_reference(const rlhf::cuda_backend& b) {
+  const rlhf::reference_backend ref;
+  std::mt19937_64 g(18);
+  std::normal_distribution<double> z(0.0, 0.5);
+  for (auto [rows, cols] : {std::pair<std::size_t, std::size_t>{1, 1}, {5, 300}, {64, 2048}}) {
+    std::vector<T> v(rows * cols), v_old(rows * cols), ret(rows * cols);
+    std::vector<rlhf::mask_type> mask(rows * cols);
+    for (std::size_t i = 0; i < rows * cols; ++i) {
+      v_old[i] = static_cast<T>(z(g));
+      v[i] = static_cast<T>(static_cast<double>(v_old[i]) + z(g));  // inside and outside +-0.2
+      ret[i] = static_cast<T>(2 * z(g));
+      mask[i] = static_cast<rlhf::mask_type>(g() % 4 != 0);
+      if (!mask[i]) v[i] = std::numeric_limits<T>::quiet_NaN();  // never read
+    }
+    auto dv = rlhf::to_backend(b, v, rows, cols), dvo = rlhf::to_backend(b, v_old, rows, cols);
+    auto dr = rlhf::to_backend(b, ret, rows, cols);
+    auto dm = rlhf::to_backend(b, mask, rows, cols);
+    auto grad = rlhf::allocate<T>(b, rows, cols);
+    for (const auto& opts : {rlhf::value_loss_options::instructgpt(), rlhf::value_loss_options::unclipped()}) {
+      for (const auto& agg : {rlhf::loss_aggregation::token_mean(), rlhf::loss_aggregation::seq_mean_token_mean()}) {
+        for (const bool with_grad : {true, false}) {
+          const auto got = rlhf::clipped_value_loss(b, rlhf::as_const(dv.view()), rlhf::as_const(dvo.view()),
+                                                    rlhf::as_const(dr.view()), rlhf::as_const(dm.view()),
+                                                    with_grad ? grad.view() : rlhf::matrix_view<T, rlhf::cuda_space>{},
+                                                    opts, agg);
+          std::vector<T> want_grad(rows * cols);
+          const auto want = rlhf::clipped_value_loss(ref, rlhf::make_matrix_view(std::as_const(v).data(), rows, cols),
+                                                     rlhf::make_matrix_view(std::as_const(v_old).data(), rows, cols),
+                                                     rlhf::make_matrix_view(std::as_const(ret).data(), rows, cols),
+                                                     rlhf::make_matrix_view(std::as_const(mask).data(), rows, cols),
+                                                     rlhf::make_matrix_view(want_grad.data(), rows, cols), opts, agg);
+          const double tol = std::is_same_v<T, float> ? 1e-5 : 1e-11;
+          const std::string at = " [" + std::to_string(rows) + ", " + std::to_string(cols) + "] clip " +
+                                 std::to_string(opts.clip) + " aggregation " + std::to_string(static_cast<int>(agg.mode));
+          check_close(std::vector<double>{got.loss, got.clip_fraction, got.mean_value, got.mean_return,
+                                          got.mean_squared_error, got.token_count},
+                      std::vector<double>{want.loss, want.clip_fraction, want.mean_value, want.mean_return,
+                                          want.mean_squared_error, want.token_count},
+                      tol, tol, "clipped_value_loss statistics" + at);
+          if (with_grad) check_close(rlhf::to_host(b, grad.view()), want_grad, tol, tol, "clipped_value_loss gradient" + at);
+        }
+      }
+    }
+  }
+}
+
 // The reference model's layers (embedding, RMSNorm, RoPE, grouped-query attention, SwiGLU, the LM head)
 // run on the GPU: log-probs, entropy and every parameter's gradient match the reference backend.
 template <class T>
@@ -518,6 +569,8 @@ int main() {
     kl_penalized_advantages_match_reference<double>(on_stream);
     ranking_loss_matches_reference<float>(on_stream);
     ranking_loss_matches_reference<double>(on_stream);
+    value_loss_matches_reference<float>(on_stream);
+    value_loss_matches_reference<double>(on_stream);
     llama_matches_reference<float>(on_stream);
     llama_matches_reference<double>(on_stream);
     on_stream.synchronize();

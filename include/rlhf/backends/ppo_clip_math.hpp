@@ -51,4 +51,10 @@ struct ppo_row_sums {
   }
 };
 
+/// One valid token's contribution to the row sums: the loss, the token, whether clipped, the approximate KL
+/// 1/2 log(rho)^2, the policy KL estimate -log(rho), the ratio, whether the dual clip is active.
+RLHF_HOST_DEVICE inline ppo_row_sums ppo_token_sums_of(const ppo_token& k) {
+  return {k.loss, 1.0, k.clipped ? 1.0 : 0.0, 0.5 * k.log_ratio * k.log_ratio, -k.log_ratio, k.ratio, k.dual ? 1.0 : 0.0};
+}
+
 }  // namespace rlhf::detail

@@ -67,14 +67,7 @@ struct ppo_token_sums {
   ppo_clip_math math;
   RLHF_HOST_DEVICE ppo_row_sums operator()(std::size_t, T logp, T old_logp, T adv, mask_type m) const {
     if (!m) return {};
-    const ppo_token k = math(static_cast<double>(logp), static_cast<double>(old_logp), static_cast<double>(adv));
-    return {k.loss,
-            1.0,
-            k.clipped ? 1.0 : 0.0,
-            0.5 * k.log_ratio * k.log_ratio,
-            -k.log_ratio,
-            k.ratio,
-            k.dual ? 1.0 : 0.0};
+    return ppo_token_sums_of(math(static_cast<double>(logp), static_cast<double>(old_logp), static_cast<double>(adv)));
   }
 };
 

@@ -9,6 +9,7 @@
 
 #include "rlhf/backends/checks.hpp"
 #include "rlhf/backends/concepts.hpp"
+#include "rlhf/backends/value_loss_math.hpp"
 #include "rlhf/backends/view.hpp"
 #include "rlhf/config.hpp"
 #include "rlhf/error.hpp"
@@ -49,40 +50,13 @@ struct value_loss_stats {
 };
 
 namespace detail {
-struct value_token {
-  double loss, grad;
-  bool clipped;
-};
-struct value_loss_math {
-  double clip;
-  RLHF_HOST_DEVICE value_token operator()(double v, double v_old, double ret) const {
-    const double d1 = v - ret;
-    if (!(clip > 0)) return {0.5 * d1 * d1, d1, false};
-    const double diff = v - v_old;
-    const double clipped_diff = fmin(fmax(diff, -clip), clip);
-    const double d2 = v_old + clipped_diff - ret;
-    // 1/2 max(d1^2, d2^2). Inside [-eps, eps] the two terms are equal (up to the rounding of
-    // V + (V' - V)), so the clipped term counts only where V' - V is clipped; there it does not depend
-    // on V': gradient 0.
-    const bool outside = diff > clip || diff < -clip;
-    if (outside && d2 * d2 > d1 * d1) return {0.5 * d2 * d2, 0.0, true};
-    return {0.5 * d1 * d1, d1, false};
-  }
-};
-struct value_row_sums {
-  double loss = 0, tokens = 0, clipped = 0, value = 0, ret = 0, sq = 0;
-  RLHF_HOST_DEVICE value_row_sums operator+(const value_row_sums& o) const {
-    return {loss + o.loss, tokens + o.tokens, clipped + o.clipped, value + o.value, ret + o.ret, sq + o.sq};
-  }
-};
 template <class T>
 struct value_token_sums {
   value_loss_math math;
   RLHF_HOST_DEVICE value_row_sums operator()(std::size_t, T v, T v_old, T ret, mask_type m) const {
     if (!m) return {};
     const double dv = static_cast<double>(v), dr = static_cast<double>(ret);
-    const value_token k = math(dv, static_cast<double>(v_old), dr);
-    return {k.loss, 1.0, k.clipped ? 1.0 : 0.0, dv, dr, (dv - dr) * (dv - dr)};
+    return value_token_sums_of(math(dv, static_cast<double>(v_old), dr), dv, dr);
   }
 };
 
