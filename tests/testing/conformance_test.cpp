@@ -31,6 +31,29 @@ struct zero_init_reduce_backend : reference_backend {
     return reference_backend::transform_reduce(Acc(0), op, f, in0, in...);
   }
 };
+// A backend whose one-pass advantages kernel (a hook, not a primitive) gets the moments' mean wrong.
+struct wrong_advantages_backend : reference_backend {};
+template <class T>
+void rlhf_specialized_k1_kl_penalized_advantages(
+    const wrong_advantages_backend&, matrix_view<const T, host_space> logp, matrix_view<const T, host_space> ref_logp,
+    matrix_view<const T, host_space> values, matrix_view<const mask_type, host_space> mask,
+    vector_view<const T, host_space> shaped_scores, matrix_view<T, host_space> kl, matrix_view<T, host_space> rewards,
+    matrix_view<T, host_space> advantages, matrix_view<T, host_space> returns, T beta, int placement, T gamma,
+    T lambda, double& kl_total, std::size_t& valid_tokens, double& scored_sum, std::size_t& scored_rows,
+    masked_moments& moments) {
+  kl_penalized_advantages_options o;  // the scores are already shaped: no clip, no penalty here
+  o.rewards.beta = static_cast<double>(beta);
+  o.rewards.placement = static_cast<score_placement>(placement);
+  o.gae = {static_cast<double>(gamma), static_cast<double>(lambda)};
+  const auto st = kl_penalized_advantages<reference_backend, T>(reference_backend{}, logp, ref_logp, shaped_scores,
+                                                                values, mask, {}, kl, rewards, advantages, returns, o);
+  kl_total = st.rewards.mean_kl * static_cast<double>(st.rewards.valid_tokens);
+  valid_tokens = st.rewards.valid_tokens;
+  scored_sum = st.rewards.mean_score * static_cast<double>(st.rewards.scored_rows);
+  scored_rows = st.rewards.scored_rows;
+  moments = st.advantages;
+  moments.mean += 0.5;  // the defect
+}
 }  // namespace broken_ns
 
 TEMPLATE_LIST_TEST_CASE("conformance: every backend in the tests passes the suite", "[testing][conformance]", all_configs) {
@@ -77,4 +100,16 @@ TEST_CASE("conformance: a check that throws is reported as that check's failure,
   INFO(r.summary());
   CHECK_FALSE(r.ok());
   CHECK(r.summary().find("threw: rlhf::") != std::string::npos);
+}
+
+TEST_CASE("conformance: a backend's wrong kernel (a hook) is reported under its algorithm", "[testing][conformance]") {
+  static_assert(detail::k1_kl_advantages_backend<broken_ns::wrong_advantages_backend, double>);
+  const broken_ns::wrong_advantages_backend b;
+  const testing::conformance_report r = testing::check_conformance<double>(b, {.name = "wrong hook"});
+  const std::string s = r.summary();
+  INFO(s);
+  CHECK_FALSE(r.ok());
+  CHECK(s.find("kl_penalized_advantages: mean") != std::string::npos);
+  CHECK(s.find("kl_penalized_advantages: advantages") == std::string::npos);  // the values themselves are right
+  CHECK(s.find("gae:") == std::string::npos);
 }

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "rlhf/advantages/gae.hpp"
+#include "rlhf/advantages/kl_penalized_advantages.hpp"
 #include "rlhf/advantages/kl_penalized_rewards.hpp"
 #include "rlhf/backends/concepts.hpp"
 #include "rlhf/backends/memory.hpp"
@@ -348,6 +349,36 @@ conformance_report check_conformance(const B& b, const conformance_options& opti
     rec.values<T>("kl_penalized_rewards: kl", gk, wk);
     rec.values<T>("kl_penalized_rewards: rewards", gr, wr);
     rec.scalar<T>("kl_penalized_rewards: mean_kl", gm, wm);
+  });
+  // The KL, rewards, GAE and the advantages' moments in one call (a backend's one-pass kernel, when it has
+  // one, against the reference backend's four calls).
+  guarded("kl_penalized_advantages", [&] {
+    const auto run = [&](const auto& be) {
+      auto lp = upload(be, in.a, R, C), rl = upload(be, in.b2, R, C), v = upload(be, in.c, R, C);
+      auto s = upload(be, in.scores, in.scores.size(), 1);
+      auto m = upload(be, in.mask, R, C);
+      auto eos = upload(be, in.has_eos, in.has_eos.size(), 1);
+      auto kl = allocate<T>(be, R, C), rewards = allocate<T>(be, R, C), adv = allocate<T>(be, R, C),
+           ret = allocate<T>(be, R, C);
+      kl_penalized_advantages_options o;
+      o.rewards.missing_eos_penalty = 0.5;
+      o.gae = gae_options{0.99, 0.95};
+      const auto st = kl_penalized_advantages<std::decay_t<decltype(be)>, T>(
+          be, as_const(lp.view()), as_const(rl.view()), as_const(s.view().flat()), as_const(v.view()),
+          as_const(m.view()), as_const(eos.view().flat()), kl.view(), rewards.view(), adv.view(), ret.view(), o);
+      return std::tuple{to_host(be, rewards.view()), to_host(be, adv.view()), to_host(be, ret.view()),
+                        std::vector<double>{st.advantages.count, st.advantages.mean, st.advantages.m2,
+                                            st.rewards.mean_kl, st.rewards.mean_score}};
+    };
+    const auto [gr, ga, gt, gs] = run(b);
+    const auto [wr, wa, wt, ws] = run(ref);
+    rec.values<T>("kl_penalized_advantages: rewards", gr, wr);
+    rec.values<T>("kl_penalized_advantages: advantages", ga, wa);
+    rec.values<T>("kl_penalized_advantages: returns", gt, wt);
+    const char* names[] = {"count", "mean", "m2", "mean_kl", "mean_score"};
+    for (std::size_t i = 0; i < gs.size(); ++i) {
+      rec.scalar<T>(std::string("kl_penalized_advantages: ") + names[i], gs[i], ws[i]);
+    }
   });
   // PPO-clip (Schulman et al. 2017, eq. 7) and the clipped value loss, with their gradients; the
   // log-ratios are spread so that both clip branches and the unclipped region occur.
