@@ -1,8 +1,10 @@
 // rlhf::kl_penalized_advantages: the KL, the rewards, GAE and the advantages' moments in one call, on every
-// backend and on the generic path: a hand-computed case, the equality with the separate calls (bit for bit,
-// also where a backend runs its one-pass kernel), NaN at masked positions, empty rows, and named errors.
+// backend and on the generic path: a hand-computed case, the equality with the separate calls (bit for bit),
+// a one-pass hook (a CPU model of the CUDA kernel) against them, NaN at masked positions, empty rows, and
+// named errors.
 #include "test_support.hpp"
 
+#include <algorithm>
 #include <limits>
 
 #include "rlhf/advantages/gae.hpp"
@@ -14,13 +16,76 @@
 using namespace rlhf;
 using namespace rlhf::test;
 
-#if RLHF_TEST_HAS_EIGEN
-// The Eigen backend's one-pass kernel is what the bit-for-bit case below holds to the separate calls; a drifted
-// hook signature would silently fall back to those calls and the case would hold nothing.
-static_assert(detail::k1_kl_advantages_backend<eigen_backend, float> &&
-              detail::k1_kl_advantages_backend<eigen_backend, double>);
-static_assert(!detail::k1_kl_advantages_backend<generic_only<eigen_backend>, double>);
-#endif
+namespace one_pass_ns {
+
+// A CPU model of the CUDA backend's one-pass kernel (rlhf/backends/cuda/kl_penalized_advantages.cuh), as a
+// hook on the reference backend: per row, the last valid column from the row's end, then one reverse sweep
+// that computes each step's k1 KL and reward as it reads them, runs GAE on them and merges each valid advantage
+// into the row's moments one value at a time (Chan's formula); rows merged in order. It is what one lane of
+// the kernel computes; the warp's regrouping of the sweep is replayed in tests/backends/gae_step_map_test.cpp.
+struct one_pass_backend : reference_backend {};
+
+template <class T>
+void rlhf_specialized_k1_kl_penalized_advantages(
+    const one_pass_backend&, matrix_view<const T, host_space> logp, matrix_view<const T, host_space> ref_logp,
+    matrix_view<const T, host_space> values, matrix_view<const mask_type, host_space> mask,
+    vector_view<const T, host_space> shaped_scores, matrix_view<T, host_space> kl, matrix_view<T, host_space> rewards,
+    matrix_view<T, host_space> advantages, matrix_view<T, host_space> returns, T beta, int placement, T gamma,
+    T lambda, double& kl_total, std::size_t& valid_tokens, double& scored_sum, std::size_t& scored_rows,
+    masked_moments& moments) {
+  const std::size_t cols = logp.cols;
+  kl_total = scored_sum = 0;
+  valid_tokens = scored_rows = 0;
+  moments = {};
+  for (std::size_t r = 0; r < logp.rows; ++r) {
+    long last = -1;
+    for (std::size_t t = cols; t-- > 0;) {
+      if (mask(r, t)) {
+        last = static_cast<long>(t);
+        break;
+      }
+    }
+    long target = -1;
+    if (last >= 0) {
+      const long c = static_cast<long>(cols);
+      target = placement == 1 ? c - 1 : placement == 2 ? std::min(last + 1, c - 1) : last;
+      scored_sum += static_cast<double>(shaped_scores[r]);
+      ++scored_rows;
+    }
+    T next_value = T(0), next_advantage = T(0);
+    masked_moments row;
+    for (std::size_t t = cols; t-- > 0;) {
+      const bool valid = mask(r, t) != 0;
+      const T k = valid ? logp(r, t) - ref_logp(r, t) : T(0);
+      T reward = valid ? k * -beta : T(0);
+      if (static_cast<long>(t) == target) reward += shaped_scores[r];
+      kl(r, t) = k;
+      rewards(r, t) = reward;
+      T a = T(0), ret = T(0);
+      if (valid) {
+        kl_total += static_cast<double>(k);
+        ++valid_tokens;
+        const T v = values(r, t);
+        next_advantage = reward + gamma * next_value - v + gamma * lambda * next_advantage;
+        next_value = v;
+        a = next_advantage;
+        ret = next_advantage + v;
+        row = combine(row, masked_moments{1.0, static_cast<double>(a), 0.0});
+      }
+      advantages(r, t) = a;
+      if (!returns.empty()) returns(r, t) = ret;
+    }
+    moments = combine(moments, row);
+  }
+}
+
+}  // namespace one_pass_ns
+
+// The hook is what the dispatch finds: the one-pass case below would otherwise hold the four calls to
+// themselves.
+static_assert(detail::k1_kl_advantages_backend<one_pass_ns::one_pass_backend, float> &&
+              detail::k1_kl_advantages_backend<one_pass_ns::one_pass_backend, double>);
+static_assert(!detail::k1_kl_advantages_backend<reference_backend, double>);
 
 TEMPLATE_LIST_TEST_CASE("kl_penalized_advantages: hand-computed KL, rewards, advantages, returns and moments",
                         "[advantages][kl_penalized_advantages]", all_configs) {
@@ -76,7 +141,7 @@ TEMPLATE_LIST_TEST_CASE("kl_penalized_advantages: hand-computed KL, rewards, adv
 
 TEMPLATE_LIST_TEST_CASE("kl_penalized_advantages: equals kl_penalized_rewards + gae + compute_masked_moments bit for bit",
                         "[advantages][kl_penalized_advantages][property]", all_configs) {
-  // Every estimator (the one-pass kernels take k1 and k1_straight_through without a clamp), every placement,
+  // Every estimator (a one-pass kernel takes k1 and k1_straight_through without a clamp), every placement,
   // ragged rows with interior holes and NaN at masked positions, empty rows, rows longer than a vector, with
   // and without returns and has_eos, with the finite checks off and on.
   using T = typename TestType::value;
@@ -221,4 +286,65 @@ TEMPLATE_LIST_TEST_CASE("kl_penalized_advantages rejects bad arguments with name
                             backend_vector<B, const mask_type>{}, before.view(), rw.view(), adv.view(), ret.view());
   }, "values", "[3, 2]");
   CHECK(to_host(b, before.view()) == std::vector<T>(6, T(4)));
+}
+
+TEMPLATE_TEST_CASE("kl_penalized_advantages: a one-pass hook (the CUDA kernel's algorithm, on the CPU) agrees with "
+                   "the four calls", "[advantages][kl_penalized_advantages][property]", float, double) {
+  // k1 and k1_straight_through take the hook; its KL and rewards are the four calls' to the bit, its GAE sweep
+  // and per-value moments agree to rounding. Ragged rows with holes, NaN where masked, an empty row, every
+  // placement, has_eos, with and without returns. A non-k1 estimator and the finite checks take the four calls.
+  using T = TestType;
+  const one_pass_ns::one_pass_backend hook;
+  const reference_backend ref;
+  auto g = rng(43);
+  for (auto [rows, cols] : {std::pair<std::size_t, std::size_t>{1, 1}, {7, 33}, {12, 500}}) {
+    auto logp = uniform<T>(g, rows * cols, -3, 0), ref_logp = uniform<T>(g, rows * cols, -3, 0);
+    auto values = normal<T>(g, rows * cols);
+    const auto scores = normal<T>(g, rows, 0.5, 2.0);
+    const auto eos = random_mask(g, rows, 0.6);
+    auto m = mask_from_lengths(random_lengths(g, rows, cols, 0), cols);
+    const auto holes = random_mask(g, rows * cols, 0.8);
+    for (std::size_t i = 0; i < m.size(); ++i) {
+      m[i] = static_cast<mask_type>(m[i] & holes[i]);
+      if (rows > 1 && i / cols == 1) m[i] = 0;  // row 1: no valid token
+      if (!m[i]) logp[i] = values[i] = std::numeric_limits<T>::quiet_NaN();
+    }
+    for (const auto& ko : {kl_estimator_options::instructgpt(), kl_estimator_options{kl_estimator::k1_straight_through, 0, 20},
+                           kl_estimator_options::trl1_k3()}) {
+      for (auto p : {score_placement::last_valid_token, score_placement::last_position, score_placement::one_past_last_valid}) {
+        for (const bool with_returns : {true, false}) {
+          INFO("rows " << rows << " cols " << cols << " estimator " << static_cast<int>(ko.estimator) << " placement "
+                       << static_cast<int>(p) << " returns " << with_returns);
+          const kl_penalized_advantages_options o{ko, kl_penalized_rewards_options{0.05, 3.0, 0.5, p}, gae_options{0.99, 0.9}};
+          const auto run = [&](const auto& b) {
+            std::vector<T> kl(rows * cols, T(7)), rw(rows * cols, T(7)), adv(rows * cols, T(7)), ret(rows * cols, T(7));
+            const auto st = kl_penalized_advantages<std::decay_t<decltype(b)>, T>(
+                b, make_matrix_view(std::as_const(logp).data(), rows, cols),
+                make_matrix_view(std::as_const(ref_logp).data(), rows, cols),
+                make_vector_view(scores.data(), rows), make_matrix_view(std::as_const(values).data(), rows, cols),
+                make_matrix_view(m.data(), rows, cols), make_vector_view(eos.data(), rows),
+                make_matrix_view(kl.data(), rows, cols), make_matrix_view(rw.data(), rows, cols),
+                make_matrix_view(adv.data(), rows, cols),
+                with_returns ? make_matrix_view(ret.data(), rows, cols) : matrix_view<T, host_space>{}, o);
+            return std::tuple{kl, rw, adv, ret, st};
+          };
+          const auto [kl1, rw1, adv1, ret1, s1] = run(hook);
+          const auto [kl2, rw2, adv2, ret2, s2] = run(ref);
+          CHECK(kl1 == kl2);
+          CHECK(rw1 == rw2);
+          const double tol = std::is_same_v<T, float> ? 1e-5 : 1e-12;
+          CHECK_THAT(adv1, close_to<T>(std::vector<double>(adv2.begin(), adv2.end()), tol, tol));
+          if (with_returns) CHECK_THAT(ret1, close_to<T>(std::vector<double>(ret2.begin(), ret2.end()), tol, tol));
+          CHECK(s1.advantages.count == s2.advantages.count);
+          CHECK(s1.advantages.mean == Approx(s2.advantages.mean).epsilon(tol).margin(tol));
+          CHECK(s1.advantages.m2 == Approx(s2.advantages.m2).epsilon(tol).margin(tol));
+          CHECK(s1.rewards.valid_tokens == s2.rewards.valid_tokens);
+          CHECK(s1.rewards.scored_rows == s2.rewards.scored_rows);
+          CHECK(s1.rewards.mean_kl == Approx(s2.rewards.mean_kl).epsilon(1e-12).margin(1e-12));
+          CHECK(s1.rewards.mean_score == Approx(s2.rewards.mean_score).epsilon(1e-12).margin(1e-12));
+          CHECK(s1.rewards.mean_raw_score == s2.rewards.mean_raw_score);
+        }
+      }
+    }
+  }
 }

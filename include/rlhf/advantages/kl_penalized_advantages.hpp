@@ -12,9 +12,10 @@
 /// The result is that of the four calls in that order, with the same validation and the same outputs; what a
 /// backend gains is one pass: a backend that provides the hook `rlhf_specialized_k1_kl_penalized_advantages`
 /// computes InstructGPT's k1 KL, the rewards, GAE and the moments while each row is read once (the CUDA
-/// backend: one warp per row; the Eigen backend: the rewards and the sweep of a row while it is in cache).
-/// The hook is taken for k1 and k1_straight_through without a clamp and with the opt-in finite checks off;
-/// every other case runs the four calls.
+/// backend: one warp per row, rlhf/backends/cuda/kl_penalized_advantages.cuh). The hook is taken for k1 and
+/// k1_straight_through without a clamp and with the opt-in finite checks off; every other case, and every
+/// backend without the hook, runs the four calls. (On the CPU the Eigen backend's four kernels are as fast as
+/// a fused row pass was: its GAE sweep is bound by the recurrence's latency, not by memory; docs/benchmarks.md.)
 ///
 /// Whitening then takes the moments: `rlhf::whiten(b, adv, mask, adv, options, &stats.advantages)` (across
 /// ranks, merge them first: rlhf::global_masked_moments).

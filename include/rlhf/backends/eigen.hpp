@@ -282,10 +282,7 @@ using backends::eigen_backend;
 }  // namespace rlhf
 
 // The Eigen backend's specialized kernels (found by argument-dependent lookup, see docs/backends.md).
-// Included after eigen_backend is complete; each of them includes this header for its own use. (The one-pass
-// advantages kernel, eigen/kl_penalized_advantages.hpp, comes at the end of eigen/kl_penalized_rewards.hpp,
-// whose row pass it extends: listed here it would be reached before that pass is defined when the rewards
-// header is the one a user includes first.)
+// Included after eigen_backend is complete; each of them includes this header for its own use.
 #include "rlhf/backends/eigen/gae.hpp"
 #include "rlhf/backends/eigen/kl_penalized_rewards.hpp"
 #include "rlhf/backends/eigen/loss_aggregation.hpp"

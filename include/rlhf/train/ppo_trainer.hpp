@@ -480,7 +480,7 @@ class ppo_trainer {
       reward_.scores(b, dev.tokens_view(), dev.lengths_view(), scores.view().flat(), forward_mode::inference);
       // Ouyang et al. 2022, eq. 2: r_t = -beta * KL_t, plus the RM score at the last response token; GAE over
       // the response tokens; the advantages' moments for whitening. One call: a backend with the one-pass kernel
-      // (CUDA, Eigen) reads each row once.
+      // (CUDA) reads each row once.
       kl_penalized_advantages_options ao{options_.kl, options_.rewards, options_.gae};
       ao.rewards.beta = beta();
       const kl_penalized_advantages_stats as = kl_penalized_advantages(

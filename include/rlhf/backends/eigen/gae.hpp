@@ -9,43 +9,10 @@
 
 #include <cstddef>
 
+#include "rlhf/backends/eigen.hpp"
 #include "rlhf/backends/view.hpp"
 
-// The row sweep first, before eigen.hpp (which includes every Eigen kernel header at its end): the one-pass
-// advantages kernel (eigen/kl_penalized_advantages.hpp) calls it whichever header is included first.
 namespace rlhf::backends {
-
-namespace detail {
-
-// One row's reverse sweep: the next valid value and advantage carried in registers, A and R written on the
-// way (R skipped when `ret` is null).
-template <class T>
-void eigen_gae_row(const T* rw, const T* v, const mask_type* m, T* a, T* ret, std::size_t cols, T gamma,
-                   T gamma_lambda) {
-  T next_value = T(0), next_advantage = T(0);  // of the next valid step; 0 past the end of the row
-  for (std::size_t t = cols; t-- > 0;) {
-    if (m[t]) {
-      const T vt = v[t];
-      const T delta = rw[t] + gamma * next_value - vt;
-      next_advantage = delta + gamma_lambda * next_advantage;
-      next_value = vt;
-      a[t] = next_advantage;
-      if (ret) ret[t] = next_advantage + vt;
-    } else {
-      a[t] = T(0);
-      if (ret) ret[t] = T(0);
-    }
-  }
-}
-
-}  // namespace detail
-
-}  // namespace rlhf::backends
-
-#include "rlhf/backends/eigen.hpp"
-
-namespace rlhf::backends {
-
 
 /// rlhf::gae's specialization for rlhf::eigen_backend (found by argument-dependent lookup). Arguments are
 /// validated by rlhf::gae; `returns` may be empty (not wanted).
@@ -71,8 +38,25 @@ void rlhf_specialized_gae(const eigen_backend& b, matrix_view<const T, host_spac
   b.parallel_ranges(rows, rows * cols, [&](std::size_t rb, std::size_t re) {
     for (std::size_t r = rb; r < re; ++r) {
       const std::size_t base = r * cols;
-      detail::eigen_gae_row(rewards.data + base, values.data + base, mask.data + base, advantages.data + base,
-                            want_returns ? returns.data + base : nullptr, cols, gamma, gl);
+      const T* rw = rewards.data + base;
+      const T* v = values.data + base;
+      const mask_type* m = mask.data + base;
+      T* a = advantages.data + base;
+      T* ret = want_returns ? returns.data + base : nullptr;
+      T next_value = T(0), next_advantage = T(0);  // of the next valid step; 0 past the end of the row
+      for (std::size_t t = cols; t-- > 0;) {
+        if (m[t]) {
+          const T vt = v[t];
+          const T delta = rw[t] + gamma * next_value - vt;
+          next_advantage = delta + gl * next_advantage;
+          next_value = vt;
+          a[t] = next_advantage;
+          if (ret) ret[t] = next_advantage + vt;
+        } else {
+          a[t] = T(0);
+          if (ret) ret[t] = T(0);
+        }
+      }
     }
   });
 }

@@ -18,7 +18,6 @@
 #include <vector>
 
 #include "rlhf/backends/eigen.hpp"
-#include "rlhf/backends/eigen/gae.hpp"
 #include "rlhf/backends/view.hpp"
 #include "rlhf/config.hpp"
 
@@ -47,24 +46,13 @@ void eigen_kl_rewards_row(const T* __restrict a, const T* __restrict b, T* __res
   count_out = count;
 }
 
-// GAE run on each row right after its rewards (rlhf::kl_penalized_advantages): the row's rewards are read back
-// from cache, not from memory.
-template <class T>
-struct eigen_rows_gae {
-  const T* values;
-  T* advantages;
-  T* returns;  // null: not wanted
-  T gamma, gamma_lambda;
-};
-
-// The rows' pass of the entry points below: the KL read from kl_or_logp, or (ref_logp given) the k1 KL
-// kl_or_logp - ref_logp computed on the way and written to kl_out; with `gae`, each row's GAE sweep follows.
+// The rows' pass of both entry points below: the KL read from kl_or_logp, or (ref_logp given) the k1 KL
+// kl_or_logp - ref_logp computed on the way and written to kl_out.
 template <class T>
 void eigen_kl_rewards_rows(const eigen_backend& b, std::size_t rows, std::size_t cols, const T* kl_or_logp,
                            const T* ref_logp, T* kl_out, const mask_type* mask,
                            vector_view<const T, host_space> shaped_scores, T* rewards, T beta, int placement,
-                           double& kl_total, std::size_t& valid_tokens, double& scored_sum, std::size_t& scored_rows,
-                           const eigen_rows_gae<T>* gae = nullptr) {
+                           double& kl_total, std::size_t& valid_tokens, double& scored_sum, std::size_t& scored_rows) {
   struct row_result {
     double kl = 0;
     std::size_t count = 0;
@@ -72,9 +60,7 @@ void eigen_kl_rewards_rows(const eigen_backend& b, std::size_t rows, std::size_t
   };
   std::vector<row_result> per_row(rows);
   const T neg_beta = -beta;
-  // The sweep is not a light loop: with it, every element counts toward the parallel threshold.
-  const std::size_t work = gae != nullptr ? rows * cols : rows * cols / eigen_backend::light_elements_per_work;
-  b.parallel_ranges(rows, work, [&](std::size_t rb, std::size_t re) {
+  b.parallel_ranges(rows, rows * cols / eigen_backend::light_elements_per_work, [&](std::size_t rb, std::size_t re) {
     for (std::size_t r = rb; r < re; ++r) {
       const std::size_t begin = r * cols;
       const mask_type* m = mask + begin;
@@ -90,26 +76,21 @@ void eigen_kl_rewards_rows(const eigen_backend& b, std::size_t rows, std::size_t
       row_result& res = per_row[r];
       res.kl = sum;
       res.count = count32;
-      if (count32 != 0) {  // else no valid token: no score
-        // The last valid column, from the row's end eight mask bytes at a time (a max reduction over the columns
-        // in the loop above cost a third of the kernel; the padding after a response is usually short).
-        std::size_t end = cols;
-        for (std::uint64_t word = 0; end >= 8; end -= 8) {
-          std::memcpy(&word, m + end - 8, sizeof word);
-          if (word != 0) break;
-        }
-        while (m[end - 1] == 0) --end;  // stops: the row has a valid column
-        const std::size_t last = end - 1;
-        std::size_t target = last;
-        if (placement == 1) target = cols - 1;
-        else if (placement == 2) target = last + 1 < cols ? last + 1 : cols - 1;
-        rewards[begin + target] += shaped_scores.data[r];
-        res.scored = true;
+      if (count32 == 0) continue;  // no valid token: no score
+      // The last valid column, from the row's end eight mask bytes at a time (a max reduction over the columns
+      // in the loop above cost a third of the kernel; the padding after a response is usually short).
+      std::size_t end = cols;
+      for (std::uint64_t word = 0; end >= 8; end -= 8) {
+        std::memcpy(&word, m + end - 8, sizeof word);
+        if (word != 0) break;
       }
-      if (gae != nullptr) {
-        eigen_gae_row(rewards + begin, gae->values + begin, m, gae->advantages + begin,
-                      gae->returns != nullptr ? gae->returns + begin : nullptr, cols, gae->gamma, gae->gamma_lambda);
-      }
+      while (m[end - 1] == 0) --end;  // stops: the row has a valid column
+      const std::size_t last = end - 1;
+      std::size_t target = last;
+      if (placement == 1) target = cols - 1;
+      else if (placement == 2) target = last + 1 < cols ? last + 1 : cols - 1;
+      rewards[begin + target] += shaped_scores.data[r];
+      res.scored = true;
     }
   });
   kl_total = 0;
@@ -170,6 +151,3 @@ void rlhf_specialized_k1_kl_penalized_rewards(const eigen_backend& b, matrix_vie
 }
 
 }  // namespace rlhf::backends
-
-// The one-pass advantages kernel extends the row pass above (see eigen.hpp's list of kernels).
-#include "rlhf/backends/eigen/kl_penalized_advantages.hpp"
