@@ -1,6 +1,7 @@
 // The hot-path benchmark bodies, generic over the backend (Google Benchmark functions templated on it):
-// GAE, token log-probs (forward, forward + backward, with entropy), KL-penalized rewards, whitening, the
-// PPO-clip and clipped value losses forward + backward, the ranking loss. Registered for the CPU backends
+// GAE, token log-probs (forward, forward + backward, with entropy; float and bfloat16 logits), KL-penalized
+// rewards, the one-call KL-penalized advantages, whitening, the PPO-clip and clipped value losses forward +
+// backward, the ranking loss. Registered for the CPU backends
 // by hot_paths_bench.cpp and for the CUDA backend by hot_paths_cuda_bench.cu. Each iteration ends with
 // b.synchronize() (a no-op on the CPU backends; the CUDA backend's stream), so the time is the work's.
 // Bytes per element: the minimum a fused implementation must move, stated at each benchmark.
@@ -16,7 +17,9 @@
 #include <vector>
 
 #include "rlhf/advantages/gae.hpp"
+#include "rlhf/advantages/kl_penalized_advantages.hpp"
 #include "rlhf/advantages/kl_penalized_rewards.hpp"
+#include "rlhf/backends/bfloat16.hpp"
 #include "rlhf/backends/memory.hpp"
 #include "rlhf/losses/ppo_clip_loss.hpp"
 #include "rlhf/losses/ranking_loss.hpp"
@@ -201,6 +204,45 @@ void kl_rewards(benchmark::State& state) {
   time_steps(state, b, rows * cols, 17, [&] {
     return rlhf::kl_penalized_rewards<Backend, float>(b, logp.view(), ref.view(), scores.view().flat(), mask.view(),
                                                       {}, kl.view(), rewards.view(), rlhf::kl_estimator_options{});
+  });
+}
+
+// KL-penalized advantages in one call (k1, score at the last valid token, GAE gamma 1 lambda 0.95, the
+// advantages' moments): reads logp, ref logp, values (4 B each) and the mask (1 B), writes the KL, the
+// rewards, the advantages and the returns (4 B each): 29 B/elem. The separate calls move 17 (kl_rewards) +
+// 17 (gae) + 5 (the moments) = 39 B/elem.
+template <class Backend>
+void kl_advantages(benchmark::State& state) {
+  const Backend b = make_backend<Backend>(state, 2);
+  const auto [rows, cols] = shape_of(state);
+  auto logp = random_matrix(b, rows, cols, -3, -1, 25), ref = random_matrix(b, rows, cols, -3, -1, 26);
+  auto values = random_matrix(b, rows, cols, -1, 1, 27);
+  auto scores = rlhf::to_backend(b, random_vector<float>(rows, -1, 1, 28));
+  auto mask = rlhf::to_backend(b, ragged_mask(rows, cols, 29), rows, cols);
+  auto kl = rlhf::allocate<float>(b, rows, cols), rewards = rlhf::allocate<float>(b, rows, cols);
+  auto adv = rlhf::allocate<float>(b, rows, cols), ret = rlhf::allocate<float>(b, rows, cols);
+  time_steps(state, b, rows * cols, 29, [&] {
+    return rlhf::kl_penalized_advantages<Backend, float>(b, logp.view(), ref.view(), scores.view().flat(),
+                                                         values.view(), mask.view(), {}, kl.view(), rewards.view(),
+                                                         adv.view(), ret.view());
+  });
+}
+
+// Token log-probs forward of bfloat16 logits (float outputs, logsumexp saved): 2 B per vocabulary element.
+template <class Backend>
+void token_logprobs_bf16(benchmark::State& state) {
+  const Backend b = make_backend<Backend>(state, 2);
+  const auto [rows, vocab] = shape_of(state);
+  const std::vector<float> f = random_vector<float>(rows * vocab, -8, 8, 30);
+  std::vector<rlhf::bfloat16> h(f.size());
+  for (std::size_t i = 0; i < f.size(); ++i) h[i] = rlhf::bfloat16(f[i]);
+  auto logits = rlhf::to_backend(b, h, rows, vocab);
+  auto tokens = row_tokens(b, rows, vocab);
+  auto logp = rlhf::allocate<float>(b, rows), lse = rlhf::allocate<float>(b, rows);
+  time_steps(state, b, rows * vocab, 2, [&] {
+    rlhf::token_logprobs(b, rlhf::as_const(logits.view()), tokens.view().flat(), {}, logp.view().flat(),
+                         lse.view().flat());
+    return logp.view().data;
   });
 }
 

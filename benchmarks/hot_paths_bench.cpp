@@ -89,8 +89,6 @@ void triad(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(n));
   state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(n) * 24);
 }
-
-// GAE + returns: reads rewards, values (4 B each), mask (1 B); writes advantages, returns (4 B each): 17 B/elem.
 }  // namespace
 
 using namespace rlhf::bench;
@@ -115,7 +113,11 @@ BENCHMARK(token_logprobs_fwd_bwd<rlhf::eigen_backend>)
     ->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(token_entropy<rlhf::eigen_backend>)
     ->Args({4096, 32000, 1})->Args({4096, 32000, 2})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(token_logprobs_bf16<rlhf::eigen_backend>)
+    ->Args({4096, 32000, 1})->Args({4096, 32000, 2})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(kl_rewards<rlhf::eigen_backend>) RLHF_LOSS_SHAPES_12T->UseRealTime();
+BENCHMARK(kl_advantages<rlhf::eigen_backend>) RLHF_SHAPES_2D_12T->UseRealTime();
+BENCHMARK(kl_advantages<rlhf::generic_only<rlhf::eigen_backend>>)->Args({256, 1024, 1});
 BENCHMARK(whitening<rlhf::eigen_backend>) RLHF_LOSS_SHAPES_12T->UseRealTime();
 BENCHMARK(ppo_clip_loss<rlhf::reference_backend>)->Args({64, 512, 1})->Args({256, 1024, 1});
 BENCHMARK(ppo_clip_loss<rlhf::generic_only<rlhf::eigen_backend>>)->Args({64, 512, 1});
@@ -132,7 +134,9 @@ BENCHMARK(ranking_loss<rlhf::eigen_backend>)->Args({4, 1})->Args({9, 1});
   BENCHMARK(token_logprobs<B>) LOGITS->Unit(benchmark::kMillisecond)->UseRealTime();                  \
   BENCHMARK(token_logprobs_fwd_bwd<B>) LOGITS->Unit(benchmark::kMillisecond)->UseRealTime();          \
   BENCHMARK(token_entropy<B>) LOGITS->Unit(benchmark::kMillisecond)->UseRealTime();                   \
+  BENCHMARK(token_logprobs_bf16<B>) LOGITS->Unit(benchmark::kMillisecond)->UseRealTime();             \
   BENCHMARK(kl_rewards<B>) SHAPES->UseRealTime();                                                     \
+  BENCHMARK(kl_advantages<B>) SHAPES->UseRealTime();                                                  \
   BENCHMARK(whitening<B>) SHAPES->UseRealTime();                                                      \
   BENCHMARK(ppo_clip_loss<B>) SHAPES->UseRealTime();                                                  \
   BENCHMARK(value_loss<B>) SHAPES->UseRealTime();                                                     \
