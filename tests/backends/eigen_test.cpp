@@ -439,3 +439,66 @@ TEMPLATE_TEST_CASE("eigen clipped_value_loss kernel matches the generic path", "
   }
 }
 #endif
+
+#if RLHF_TEST_HAS_EIGEN
+#include "rlhf/ops/token_logprobs.hpp"
+
+TEST_CASE("eigen token_logprobs kernels take bfloat16 logits: the generic path's results, the same bits on 1 and 2 "
+          "threads", "[backends][eigen][bfloat16]") {
+  // The kernel widens each chunk to float and runs the float kernel; the gradient is rounded once (the token's
+  // column gets its + g/t before the rounding). Against generic_only (the row functor's two float passes):
+  // forward to float rounding, gradient to one bf16 ulp; -inf entries, masked rows, V across chunk edges.
+  static_assert(requires(const eigen_backend& b, matrix_view<const bfloat16, host_space> l, matrix_view<bfloat16, host_space> dl,
+                         vector_view<const token_type, host_space> tok, vector_view<const mask_type, host_space> m,
+                         vector_view<float, host_space> v, vector_view<const float, host_space> cv) {
+    rlhf_specialized_token_logprobs(b, l, tok, m, v, v, v, 1.0);
+    rlhf_specialized_token_logprobs_backward(b, l, tok, m, cv, cv, cv, cv, dl, 1.0);
+  });
+  auto g = rng(91);
+  for (const std::size_t v : {5u, 2048u, 5000u}) {
+    const std::size_t rows = 9;
+    const auto f = normal<float>(g, rows * v, 0.0, 4.0);
+    std::vector<bfloat16> z(f.size());
+    for (std::size_t i = 0; i < f.size(); ++i) z[i] = bfloat16(f[i]);
+    z[3] = bfloat16(-std::numeric_limits<float>::infinity());
+    std::vector<token_type> tokens(rows);
+    std::vector<mask_type> mask(rows, 1);
+    for (std::size_t r = 0; r < rows; ++r) tokens[r] = static_cast<token_type>((r * 977) % v);
+    // Rows whose token dominates (p_y near 1): its gradient g (1 - p_y) is small, and rounding -g p_y to bf16
+    // before adding g would show.
+    for (std::size_t r = 0; r < rows; r += 3) z[r * v + static_cast<std::size_t>(tokens[r])] = bfloat16(24.0f);
+    mask[4] = 0;
+    tokens[4] = -100;
+    const std::vector<float> gl(rows, -0.7f), gh(rows, 0.3f);
+    const auto run = [&](const auto& b) {
+      auto lp = std::vector<float>(rows), lse = lp, h = lp;
+      const auto zv = make_matrix_view(std::as_const(z).data(), rows, v);
+      const auto tv = make_vector_view(std::as_const(tokens).data(), rows);
+      const auto mv = make_vector_view(std::as_const(mask).data(), rows);
+      token_logprobs(b, zv, tv, mv, make_vector_view(lp.data(), rows), make_vector_view(lse.data(), rows),
+                     make_vector_view(h.data(), rows));
+      std::vector<bfloat16> d(rows * v);
+      token_logprobs_backward(b, zv, tv, mv, make_vector_view(std::as_const(lse).data(), rows),
+                              make_vector_view(gl.data(), rows), make_vector_view(std::as_const(h).data(), rows),
+                              make_vector_view(gh.data(), rows), make_matrix_view(d.data(), rows, v));
+      return std::tuple{lp, lse, h, d};
+    };
+    const auto [lp1, lse1, h1, d1] = run(eigen_backend(1));
+    const auto [lp2, lse2, h2, d2] = run(eigen_backend(2, 1));
+    const auto [lpg, lseg, hg, dg] = run(generic_only<eigen_backend>{});
+    INFO("V " << v);
+    CHECK(lp1 == lp2);
+    CHECK(d1 == d2);
+    CHECK_THAT(lp1, close_to<float>(std::vector<double>(lpg.begin(), lpg.end()), 2e-6, 2e-6));
+    CHECK_THAT(lse1, close_to<float>(std::vector<double>(lseg.begin(), lseg.end()), 2e-6, 2e-6));
+    CHECK_THAT(h1, close_to<float>(std::vector<double>(hg.begin(), hg.end()), 2e-6, 2e-6));
+    std::size_t off = 0;
+    for (std::size_t i = 0; i < d1.size(); ++i) {
+      const double x = static_cast<double>(d1[i]), w = static_cast<double>(dg[i]);
+      // One bf16 ulp, plus float's absolute precision of g (1 - p_y) where p_y is near 1 (both paths).
+      if (!(std::abs(x - w) <= 0x1p-7 * std::abs(w) + 1e-6)) ++off;
+    }
+    CHECK(off == 0);
+  }
+}
+#endif

@@ -16,6 +16,10 @@
 /// positive number (about 1e-308 for double, 3e-39 for float) instead of 0 far below the maximum, so
 /// exponents are clamped at -1000 before they multiply: every such term is then below 1e-300 in
 /// absolute value (0 in the generic path), far under any tolerance, and -inf logits never make NaN.
+///
+/// bfloat16 logits (float outputs) take the float kernels: each chunk is widened into a float buffer as it is
+/// read, and the backward's float gradient chunk is rounded once to bfloat16 as it is written (the token's
+/// column gets its + g/t first).
 #pragma once
 
 #include <Eigen/Core>
@@ -24,7 +28,9 @@
 #include <cmath>
 #include <cstddef>
 #include <limits>
+#include <type_traits>
 
+#include "rlhf/backends/bfloat16.hpp"
 #include "rlhf/backends/eigen.hpp"
 #include "rlhf/backends/view.hpp"
 
@@ -46,6 +52,23 @@ using logp_const_map = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>;
 template <class T>
 using logp_mut_map = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>;
 
+/// The chunk [c0, c0 + n) of a row as T: the row itself, or (bfloat16 logits, T = float) its elements widened
+/// into `buf` (exact), so that the rest of the kernel is the float kernel.
+template <class T, class L>
+logp_const_map<T> logp_chunk_as(const L* row, std::size_t c0, Eigen::Index n, logp_array<T>& buf) {
+  if constexpr (std::is_same_v<L, T>) {
+    return logp_const_map<T>(row + c0, n);
+  } else {
+    T* w = buf.data();
+    for (Eigen::Index j = 0; j < n; ++j) w[j] = static_cast<T>(row[c0 + static_cast<std::size_t>(j)]);
+    return logp_const_map<T>(w, n);
+  }
+}
+
+/// The logit types the kernels take for outputs of type T: T itself, or bfloat16 for float outputs.
+template <class T, class L>
+inline constexpr bool logp_eigen_logits = std::is_same_v<L, T> || (std::is_same_v<L, bfloat16> && std::is_same_v<T, float>);
+
 /// Online state of one row: m in logit units, s and w as in the file comment.
 struct logp_eigen_state {
   double m = -std::numeric_limits<double>::infinity();
@@ -54,15 +77,17 @@ struct logp_eigen_state {
   bool nan = false;
 };
 
-/// One read of a row: the online logsumexp (and the entropy's weighted sum when Entropy).
-template <bool Entropy, class T>
-logp_eigen_state logp_eigen_row_state(const T* row, std::size_t v, double inv_t, logp_array<T>& d, logp_array<T>& e) {
+/// One read of a row: the online logsumexp (and the entropy's weighted sum when Entropy). `widened`: the
+/// chunk buffer of bfloat16 rows (unused when L = T).
+template <bool Entropy, class T, class L>
+logp_eigen_state logp_eigen_row_state(const L* row, std::size_t v, double inv_t, logp_array<T>& d, logp_array<T>& e,
+                                      logp_array<T>& widened) {
   constexpr T minus_inf = -std::numeric_limits<T>::infinity();
   logp_eigen_state st;
   const T it = static_cast<T>(inv_t);
   for (std::size_t c0 = 0; c0 < v; c0 += logp_chunk<T>) {
     const Eigen::Index n = static_cast<Eigen::Index>(std::min(logp_chunk<T>, v - c0));
-    const logp_const_map<T> z(row + c0, n);
+    const logp_const_map<T> z = logp_chunk_as<T>(row, c0, n, widened);
     const T cmax = z.template maxCoeff<Eigen::PropagateNaN>();
     if (cmax != cmax || cmax == -minus_inf) {  // NaN or +inf logit: the row's results are NaN
       st.nan = true;
@@ -93,14 +118,15 @@ logp_eigen_state logp_eigen_row_state(const T* row, std::size_t v, double inv_t,
   return st;
 }
 
-template <bool Entropy, class T>
-void logp_eigen_forward_rows(std::size_t rb, std::size_t re, matrix_view<const T, host_space> logits,
+template <bool Entropy, class T, class L>
+void logp_eigen_forward_rows(std::size_t rb, std::size_t re, matrix_view<const L, host_space> logits,
                              vector_view<const token_type, host_space> tokens,
                              vector_view<const mask_type, host_space> mask, vector_view<T, host_space> logprobs,
                              vector_view<T, host_space> logsumexp, vector_view<T, host_space> entropy, double inv_t) {
   const std::size_t v = logits.cols;
   const std::size_t len = std::min(v, logp_chunk<T>);
   logp_array<T> d(static_cast<Eigen::Index>(Entropy ? len : 0)), e(static_cast<Eigen::Index>(Entropy ? len : 0));
+  logp_array<T> widened(static_cast<Eigen::Index>(std::is_same_v<L, T> ? 0 : len));
   const double qnan = std::numeric_limits<double>::quiet_NaN();
   for (std::size_t r = rb; r < re; ++r) {
     if (!mask.empty() && mask[r] == 0) {
@@ -109,8 +135,8 @@ void logp_eigen_forward_rows(std::size_t rb, std::size_t re, matrix_view<const T
       if (!entropy.empty()) entropy[r] = T(0);
       continue;
     }
-    const T* row = logits.data + r * v;
-    const logp_eigen_state st = logp_eigen_row_state<Entropy>(row, v, inv_t, d, e);
+    const L* row = logits.data + r * v;
+    const logp_eigen_state st = logp_eigen_row_state<Entropy, T>(row, v, inv_t, d, e, widened);
     const double log_s = st.nan ? qnan : std::log(st.s);
     const double zy = static_cast<double>(row[static_cast<std::size_t>(tokens[r])]);
     logprobs[r] = static_cast<T>((zy - st.m) * inv_t - log_s);
@@ -119,23 +145,26 @@ void logp_eigen_forward_rows(std::size_t rb, std::size_t re, matrix_view<const T
   }
 }
 
-template <bool Entropy, class T>
-void logp_eigen_backward_rows(std::size_t rb, std::size_t re, matrix_view<const T, host_space> logits,
+template <bool Entropy, class T, class L>
+void logp_eigen_backward_rows(std::size_t rb, std::size_t re, matrix_view<const L, host_space> logits,
                               vector_view<const token_type, host_space> tokens,
                               vector_view<const mask_type, host_space> mask,
                               vector_view<const T, host_space> logsumexp, vector_view<const T, host_space> d_logprobs,
                               vector_view<const T, host_space> entropy, vector_view<const T, host_space> d_entropy,
-                              matrix_view<T, host_space> dlogits, double temperature) {
+                              matrix_view<L, host_space> dlogits, double temperature) {
+  constexpr bool widen = !std::is_same_v<L, T>;
   const std::size_t v = logits.cols;
   const double inv_t = 1.0 / temperature;
   const T it = static_cast<T>(inv_t);
   const std::size_t len = std::min(v, logp_chunk<T>);
   logp_array<T> lp(static_cast<Eigen::Index>(len)), p(static_cast<Eigen::Index>(len));
+  // bfloat16 rows: the chunk widened, and its gradient in float before it is rounded once.
+  logp_array<T> widened(static_cast<Eigen::Index>(widen ? len : 0)), grad(static_cast<Eigen::Index>(widen ? len : 0));
   for (std::size_t r = rb; r < re; ++r) {
-    const T* row = logits.data + r * v;
-    T* out = dlogits.data + r * v;
+    const L* row = logits.data + r * v;
+    L* out = dlogits.data + r * v;
     if (!mask.empty() && mask[r] == 0) {
-      logp_mut_map<T>(out, static_cast<Eigen::Index>(v)).setZero();
+      for (std::size_t j = 0; j < v; ++j) out[j] = L(0.0f);
       continue;
     }
     const double g = d_logprobs.empty() ? 0.0 : static_cast<double>(d_logprobs[r]);
@@ -147,10 +176,14 @@ void logp_eigen_backward_rows(std::size_t rb, std::size_t re, matrix_view<const 
       ght = static_cast<T>(static_cast<double>(d_entropy[r]) * inv_t);
       h = entropy[r];
     }
+    const std::size_t y = static_cast<std::size_t>(tokens[r]);
     for (std::size_t c0 = 0; c0 < v; c0 += logp_chunk<T>) {
       const Eigen::Index n = static_cast<Eigen::Index>(std::min(logp_chunk<T>, v - c0));
-      const logp_const_map<T> z(row + c0, n);
-      logp_mut_map<T> o(out + c0, n);
+      const logp_const_map<T> z = logp_chunk_as<T>(row, c0, n, widened);
+      T* o_data = nullptr;  // the gradient's chunk: the output itself, or the float buffer of a bfloat16 row
+      if constexpr (widen) o_data = grad.data();
+      else o_data = out + c0;
+      logp_mut_map<T> o(o_data, n);
       auto lps = lp.head(n);
       auto ps = p.head(n);
       lps = ((z - shift) * it).max(static_cast<T>(logp_exponent_floor));  // reads z before o overwrites it
@@ -161,9 +194,16 @@ void logp_eigen_backward_rows(std::size_t rb, std::size_t re, matrix_view<const 
       } else {
         o = -gt * ps;
       }
+      if constexpr (widen) {
+        // The token's column gets its + g/t in float before the one rounding: rounding -g p_y to bf16 first
+        // would leave an error of g 2^-8 in g (1 - p_y).
+        if (y >= c0 && y - c0 < static_cast<std::size_t>(n)) {
+          grad[static_cast<Eigen::Index>(y - c0)] = static_cast<T>(static_cast<double>(grad[static_cast<Eigen::Index>(y - c0)]) + g * inv_t);
+        }
+        for (Eigen::Index j = 0; j < n; ++j) out[c0 + static_cast<std::size_t>(j)] = L(grad[j]);
+      }
     }
-    const std::size_t y = static_cast<std::size_t>(tokens[r]);
-    out[y] = static_cast<T>(static_cast<double>(out[y]) + g * inv_t);
+    if constexpr (!widen) out[y] = static_cast<T>(static_cast<double>(out[y]) + g * inv_t);
   }
 }
 
@@ -234,8 +274,10 @@ double logp_eigen_kl_row(const T* zp, const T* zq, std::size_t v, double inv_t, 
 
 /// Eigen kernel of rlhf::token_logprobs (arguments validated by the caller; empty optional outputs are
 /// skipped). Parallel over rows, one chunked pass per row.
-template <class T>
-void rlhf_specialized_token_logprobs(const eigen_backend& b, matrix_view<const T, host_space> logits,
+/// T: float or double outputs; L: the logits, T or (float outputs) bfloat16, widened chunk by chunk.
+template <class T, class L>
+  requires detail::logp_eigen_logits<T, L>
+void rlhf_specialized_token_logprobs(const eigen_backend& b, matrix_view<const L, host_space> logits,
                                      vector_view<const token_type, host_space> tokens,
                                      vector_view<const mask_type, host_space> mask, vector_view<T, host_space> logprobs,
                                      vector_view<T, host_space> logsumexp, vector_view<T, host_space> entropy,
@@ -243,29 +285,31 @@ void rlhf_specialized_token_logprobs(const eigen_backend& b, matrix_view<const T
   const double inv_t = 1.0 / temperature;
   b.parallel_ranges(logits.rows, logits.rows * logits.cols, [&](std::size_t rb, std::size_t re) {
     if (entropy.empty())
-      detail::logp_eigen_forward_rows<false>(rb, re, logits, tokens, mask, logprobs, logsumexp, entropy, inv_t);
+      detail::logp_eigen_forward_rows<false, T>(rb, re, logits, tokens, mask, logprobs, logsumexp, entropy, inv_t);
     else
-      detail::logp_eigen_forward_rows<true>(rb, re, logits, tokens, mask, logprobs, logsumexp, entropy, inv_t);
+      detail::logp_eigen_forward_rows<true, T>(rb, re, logits, tokens, mask, logprobs, logsumexp, entropy, inv_t);
   });
 }
 
 /// Eigen kernel of rlhf::token_logprobs_backward (arguments validated by the caller). `dlogits` may
-/// alias `logits`: each chunk is read into a temporary before its gradient is written.
-template <class T>
-void rlhf_specialized_token_logprobs_backward(const eigen_backend& b, matrix_view<const T, host_space> logits,
+/// alias `logits`: each chunk is read into a temporary before its gradient is written. bfloat16 logits (float
+/// statistics) get a bfloat16 gradient, computed in float and rounded once.
+template <class T, class L>
+  requires detail::logp_eigen_logits<T, L>
+void rlhf_specialized_token_logprobs_backward(const eigen_backend& b, matrix_view<const L, host_space> logits,
                                               vector_view<const token_type, host_space> tokens,
                                               vector_view<const mask_type, host_space> mask,
                                               vector_view<const T, host_space> logsumexp,
                                               vector_view<const T, host_space> d_logprobs,
                                               vector_view<const T, host_space> entropy,
                                               vector_view<const T, host_space> d_entropy,
-                                              matrix_view<T, host_space> dlogits, double temperature) {
+                                              matrix_view<L, host_space> dlogits, double temperature) {
   b.parallel_ranges(logits.rows, logits.rows * logits.cols, [&](std::size_t rb, std::size_t re) {
     if (d_entropy.empty())
-      detail::logp_eigen_backward_rows<false>(rb, re, logits, tokens, mask, logsumexp, d_logprobs, entropy, d_entropy,
+      detail::logp_eigen_backward_rows<false, T>(rb, re, logits, tokens, mask, logsumexp, d_logprobs, entropy, d_entropy,
                                               dlogits, temperature);
     else
-      detail::logp_eigen_backward_rows<true>(rb, re, logits, tokens, mask, logsumexp, d_logprobs, entropy, d_entropy,
+      detail::logp_eigen_backward_rows<true, T>(rb, re, logits, tokens, mask, logsumexp, d_logprobs, entropy, d_entropy,
                                              dlogits, temperature);
   });
 }
