@@ -87,6 +87,26 @@ static_assert(detail::k1_kl_advantages_backend<one_pass_ns::one_pass_backend, fl
               detail::k1_kl_advantages_backend<one_pass_ns::one_pass_backend, double>);
 static_assert(!detail::k1_kl_advantages_backend<reference_backend, double>);
 
+// A random rollout [rows, cols]: log-probs, reference log-probs, values, scores, ended flags, and a ragged mask
+// with interior holes (kept with probability `keep`) and row 1 empty; NaN at the masked log-probs and values,
+// which no path may read.
+template <class T>
+struct random_rollout {
+  std::vector<T> logp, ref_logp, values, scores;
+  std::vector<mask_type> eos, mask;
+  random_rollout(std::mt19937_64& g, std::size_t rows, std::size_t cols, double keep)
+      : logp(uniform<T>(g, rows * cols, -3, 0)), ref_logp(uniform<T>(g, rows * cols, -3, 0)),
+        values(normal<T>(g, rows * cols)), scores(normal<T>(g, rows, 0.5, 2.0)), eos(random_mask(g, rows, 0.6)),
+        mask(mask_from_lengths(random_lengths(g, rows, cols, 0), cols)) {
+    const auto holes = random_mask(g, rows * cols, keep);
+    for (std::size_t i = 0; i < mask.size(); ++i) {
+      mask[i] = static_cast<mask_type>(mask[i] & holes[i]);
+      if (rows > 1 && i / cols == 1) mask[i] = 0;
+      if (!mask[i]) logp[i] = values[i] = std::numeric_limits<T>::quiet_NaN();
+    }
+  }
+};
+
 TEMPLATE_LIST_TEST_CASE("kl_penalized_advantages: hand-computed KL, rewards, advantages, returns and moments",
                         "[advantages][kl_penalized_advantages]", all_configs) {
   using T = typename TestType::value;
@@ -142,27 +162,19 @@ TEMPLATE_LIST_TEST_CASE("kl_penalized_advantages: hand-computed KL, rewards, adv
 TEMPLATE_LIST_TEST_CASE("kl_penalized_advantages: equals kl_penalized_rewards + gae + compute_masked_moments bit for bit",
                         "[advantages][kl_penalized_advantages][property]", all_configs) {
   // Every estimator (a one-pass kernel takes k1 and k1_straight_through without a clamp), every placement,
-  // ragged rows with interior holes and NaN at masked positions, empty rows, rows longer than a vector, with
+  // ragged rows with interior holes and NaN at masked positions, an empty row, rows longer than a vector, with
   // and without returns and has_eos, with the finite checks off and on.
   using T = typename TestType::value;
   using B = typename TestType::backend;
   const auto b = TestType::make();
   auto g = rng(41);
   for (auto [rows, cols] : {std::pair<std::size_t, std::size_t>{1, 1}, {6, 10}, {9, 300}}) {
-    auto logp = uniform<T>(g, rows * cols, -3, 0), ref = uniform<T>(g, rows * cols, -3, 0);
-    auto values = normal<T>(g, rows * cols);
-    const auto scores = normal<T>(g, rows, 0.5, 2.0);
-    const auto eos = random_mask(g, rows, 0.6);
-    auto m = mask_from_lengths(random_lengths(g, rows, cols, 0), cols);
-    const auto holes = random_mask(g, rows * cols, 0.85);
-    for (std::size_t i = 0; i < m.size(); ++i) {
-      m[i] = static_cast<mask_type>(m[i] & holes[i]);
-      if (!m[i]) logp[i] = values[i] = std::numeric_limits<T>::quiet_NaN();
-    }
-    auto bp = to_backend(b, logp, rows, cols), br = to_backend(b, ref, rows, cols), bv = to_backend(b, values, rows, cols);
-    auto bs = to_backend(b, scores, 1, rows);
-    auto bm = to_backend(b, m, rows, cols);
-    auto be = to_backend(b, eos, 1, rows);
+    const random_rollout<T> in(g, rows, cols, 0.85);
+    auto bp = to_backend(b, in.logp, rows, cols), br = to_backend(b, in.ref_logp, rows, cols);
+    auto bv = to_backend(b, in.values, rows, cols);
+    auto bs = to_backend(b, in.scores, 1, rows);
+    auto bm = to_backend(b, in.mask, rows, cols);
+    auto be = to_backend(b, in.eos, 1, rows);
     auto kl = allocate<T>(b, rows, cols), rw = allocate<T>(b, rows, cols), adv = allocate<T>(b, rows, cols),
          ret = allocate<T>(b, rows, cols);
     auto kl2 = allocate<T>(b, rows, cols), rw2 = allocate<T>(b, rows, cols), adv2 = allocate<T>(b, rows, cols),
@@ -298,17 +310,7 @@ TEMPLATE_TEST_CASE("kl_penalized_advantages: a one-pass hook (the CUDA kernel's 
   const reference_backend ref;
   auto g = rng(43);
   for (auto [rows, cols] : {std::pair<std::size_t, std::size_t>{1, 1}, {7, 33}, {12, 500}}) {
-    auto logp = uniform<T>(g, rows * cols, -3, 0), ref_logp = uniform<T>(g, rows * cols, -3, 0);
-    auto values = normal<T>(g, rows * cols);
-    const auto scores = normal<T>(g, rows, 0.5, 2.0);
-    const auto eos = random_mask(g, rows, 0.6);
-    auto m = mask_from_lengths(random_lengths(g, rows, cols, 0), cols);
-    const auto holes = random_mask(g, rows * cols, 0.8);
-    for (std::size_t i = 0; i < m.size(); ++i) {
-      m[i] = static_cast<mask_type>(m[i] & holes[i]);
-      if (rows > 1 && i / cols == 1) m[i] = 0;  // row 1: no valid token
-      if (!m[i]) logp[i] = values[i] = std::numeric_limits<T>::quiet_NaN();
-    }
+    const random_rollout<T> in(g, rows, cols, 0.8);
     for (const auto& ko : {kl_estimator_options::instructgpt(), kl_estimator_options{kl_estimator::k1_straight_through, 0, 20},
                            kl_estimator_options::trl1_k3()}) {
       for (auto p : {score_placement::last_valid_token, score_placement::last_position, score_placement::one_past_last_valid}) {
@@ -319,10 +321,9 @@ TEMPLATE_TEST_CASE("kl_penalized_advantages: a one-pass hook (the CUDA kernel's 
           const auto run = [&](const auto& b) {
             std::vector<T> kl(rows * cols, T(7)), rw(rows * cols, T(7)), adv(rows * cols, T(7)), ret(rows * cols, T(7));
             const auto st = kl_penalized_advantages<std::decay_t<decltype(b)>, T>(
-                b, make_matrix_view(std::as_const(logp).data(), rows, cols),
-                make_matrix_view(std::as_const(ref_logp).data(), rows, cols),
-                make_vector_view(scores.data(), rows), make_matrix_view(std::as_const(values).data(), rows, cols),
-                make_matrix_view(m.data(), rows, cols), make_vector_view(eos.data(), rows),
+                b, make_matrix_view(in.logp.data(), rows, cols), make_matrix_view(in.ref_logp.data(), rows, cols),
+                make_vector_view(in.scores.data(), rows), make_matrix_view(in.values.data(), rows, cols),
+                make_matrix_view(in.mask.data(), rows, cols), make_vector_view(in.eos.data(), rows),
                 make_matrix_view(kl.data(), rows, cols), make_matrix_view(rw.data(), rows, cols),
                 make_matrix_view(adv.data(), rows, cols),
                 with_returns ? make_matrix_view(ret.data(), rows, cols) : matrix_view<T, host_space>{}, o);
