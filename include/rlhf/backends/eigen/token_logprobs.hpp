@@ -198,7 +198,8 @@ void logp_eigen_backward_rows(std::size_t rb, std::size_t re, matrix_view<const 
         // The token's column gets its + g/t in float before the one rounding: rounding -g p_y to bf16 first
         // would leave an error of g 2^-8 in g (1 - p_y).
         if (y >= c0 && y - c0 < static_cast<std::size_t>(n)) {
-          grad[static_cast<Eigen::Index>(y - c0)] = static_cast<T>(static_cast<double>(grad[static_cast<Eigen::Index>(y - c0)]) + g * inv_t);
+          T& gy = grad[static_cast<Eigen::Index>(y - c0)];
+          gy = static_cast<T>(static_cast<double>(gy) + g * inv_t);
         }
         for (Eigen::Index j = 0; j < n; ++j) out[c0 + static_cast<std::size_t>(j)] = L(grad[j]);
       }
