@@ -451,6 +451,7 @@ token_logprob_stats token_logprobs_impl(const B& b, backend_matrix<B, const L> l
                                         backend_vector<B, const mask_type> mask, backend_vector<B, T> logprobs,
                                         backend_vector<B, T> logsumexp, backend_vector<B, T> entropy,
                                         const token_logprob_options& options) {
+  static_assert(is_logit_type_v<L>, "rlhf::token_logprobs: logits must hold float, double or rlhf::bfloat16");
   detail::check_reduce_backend<B>();
   constexpr std::string_view fn = "rlhf::token_logprobs";
   const std::size_t rows = logits.rows;
@@ -478,6 +479,8 @@ void token_logprobs_backward_impl(const B& b, backend_matrix<B, const L> logits,
                                   backend_vector<B, const T> logsumexp, backend_vector<B, const T> d_logprobs,
                                   backend_vector<B, const T> entropy, backend_vector<B, const T> d_entropy,
                                   backend_matrix<B, L> dlogits, const token_logprob_options& options) {
+  static_assert(is_logit_type_v<L>,
+                "rlhf::token_logprobs_backward: logits must hold float, double or rlhf::bfloat16");
   detail::check_reduce_backend<B>();
   constexpr std::string_view fn = "rlhf::token_logprobs_backward";
   const std::size_t rows = logits.rows;
