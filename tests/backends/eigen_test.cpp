@@ -32,6 +32,40 @@ TEST_CASE("eigen backend satisfies every concept", "[backends][eigen]") {
   STATIC_REQUIRE(complete_backend<eigen_backend>);
   STATIC_REQUIRE(complete_backend<generic_only<eigen_backend>>);
 }
+TEST_CASE("eigen for_each_index splits a loop by its work hint, not by its index count", "[backends][eigen]") {
+  // 64 indices: far below the parallel threshold as elements, far above it at 2^15 work each. Which
+  // thread ran each index tells whether the loop was split; every index runs once either way.
+  const eigen_backend two(2);
+  REQUIRE(two.parallel_threshold == (std::size_t(1) << 17));
+  const std::size_t n = 64;
+  const auto threads_used = [&](std::size_t work) {
+    std::vector<int> thread(n, -1);
+    int* t = thread.data();
+    const auto record = [t](std::size_t i) {
+#if defined(_OPENMP)
+      t[i] = omp_get_thread_num();
+#else
+      t[i] = 0;
+#endif
+    };
+    if (work == 0)
+      two.for_each_index(n, record);
+    else
+      two.for_each_index(n, record, work);
+    for (int v : thread) REQUIRE(v >= 0);
+    return thread;
+  };
+  CHECK(threads_used(0) == std::vector<int>(n, 0));  // the two-argument form counts indices
+  CHECK(threads_used(1) == std::vector<int>(n, 0));
+  CHECK(threads_used(std::numeric_limits<std::size_t>::max()).front() == 0);  // n * work saturates
+#if defined(_OPENMP)
+  const auto split = threads_used(std::size_t(1) << 15);
+  CHECK(split.front() == 0);
+  CHECK(split.back() == 1);  // static schedule: the second half on the second thread
+  CHECK(threads_used(std::numeric_limits<std::size_t>::max()).back() == 1);
+#endif
+}
+
 // ---------------------------------------------------------------------------------------------------
 // The fused PPO-clip kernel (backends/eigen/ppo_clip_loss.hpp) against the generic path, which computes
 // every term in double: random masked inputs covering the unclipped, clipped, dual-clip and clamped

@@ -1,6 +1,7 @@
 // The backend primitive contract (docs/backends.md), checked on every backend against plain loops.
 #include "test_support.hpp"
 
+#include <limits>
 #include <numeric>
 
 using namespace rlhf;
@@ -72,6 +73,22 @@ TEMPLATE_LIST_TEST_CASE("for_each_index visits every index once", "[backends][fo
   b.for_each_index(n, [v] RLHF_HOST_DEVICE(std::size_t i) { v[i] += T(i % 17) + T(1); });
   const auto got = to_host(b, out.view());
   for (std::size_t i = 0; i < n; ++i) REQUIRE(got[i] == T(i % 17) + T(1));
+}
+
+TEMPLATE_LIST_TEST_CASE("for_each_weighted_index visits every index once, whatever the work hint",
+                        "[backends][for_each_index]", all_configs) {
+  using T = typename TestType::value;
+  const auto b = TestType::make();
+  const std::size_t huge = std::numeric_limits<std::size_t>::max();
+  for (std::size_t n : {0u, 1u, 3u, 5003u}) {
+    for (std::size_t work : {std::size_t(0), std::size_t(1), std::size_t(1) << 20, huge}) {
+      auto out = allocate_filled<T>(b, 1, n, T(0));
+      const auto v = out.view().flat();
+      for_each_weighted_index(b, n, work, [v] RLHF_HOST_DEVICE(std::size_t i) { v[i] += T(i % 17) + T(1); });
+      const auto got = to_host(b, out.view());
+      for (std::size_t i = 0; i < n; ++i) REQUIRE(got[i] == T(i % 17) + T(1));
+    }
+  }
 }
 
 TEMPLATE_LIST_TEST_CASE("transform_reduce folds with init applied once, any accumulator type", "[backends][reduce]",

@@ -17,6 +17,9 @@
 /// | scan_backend          | reverse_linear_recurrence(out, a, x)                                        |
 /// | blas_backend          | gemm(op_a, op_b, alpha, A, B, beta, C)                                      |
 ///
+/// Optional, required by no concept: `for_each_index(n, f, work_per_index)`, the index loop with a hint of
+/// each index's cost (see rlhf::for_each_weighted_index).
+///
 /// Functors handed to primitives are called on the backend's device; they must be `RLHF_HOST_DEVICE`
 /// and capture only values and views (never host references) so a GPU backend can run them.
 #pragma once
@@ -101,6 +104,11 @@ concept has_transform = has_memory_space<B> &&
 template <class B>
 concept has_for_each_index = requires(const B& b, std::size_t n) { b.for_each_index(n, probe_index{}); };
 
+/// The optional work hint of for_each_index (see rlhf::for_each_weighted_index).
+template <class B>
+concept has_weighted_for_each_index =
+    requires(const B& b, std::size_t n) { b.for_each_index(n, probe_index{}, n); };
+
 template <class B>
 concept has_transform_reduce = has_memory_space<B> && requires(const B& b, vec_of<const float, B> in) {
   { b.transform_reduce(0.0f, probe_plus{}, probe_unary{}, in) } -> std::convertible_to<float>;
@@ -140,6 +148,21 @@ concept backend = std::copy_constructible<B> && detail::has_memory_space<B> && d
 /// See docs/backends.md#elementwise_backend.
 template <class B>
 concept elementwise_backend = backend<B> && detail::has_transform<B> && detail::has_for_each_index<B>;
+
+/// Runs `f(i)` for every `i < n` where one index costs about `work_per_index` element operations (a row
+/// functor over a row of `cols` elements: `cols`). A backend that takes the hint, through the optional
+/// overload `for_each_index(n, f, work_per_index)`, uses it to decide whether the loop is worth splitting
+/// across threads: the Eigen backend counts `n * work_per_index` against its parallel threshold where the
+/// two-argument form counts `n`, so 16,384 attention queries over 256 keys each run on every thread while
+/// 16,384 element updates stay on one. Any other backend runs `for_each_index(n, f)`: the hint never
+/// changes what is computed (docs/backends.md, "Optional primitives").
+template <class B, class F>
+void for_each_weighted_index(const B& b, std::size_t n, std::size_t work_per_index, F f) {
+  if constexpr (detail::has_weighted_for_each_index<B>)
+    b.for_each_index(n, f, work_per_index);
+  else
+    b.for_each_index(n, f);
+}
 
 /// \concept reduce_backend
 /// An elementwise backend with `transform_reduce(init, op, f, in...)` (host result of folding f(in[i]...)

@@ -18,6 +18,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -136,7 +137,18 @@ struct eigen_backend {
 
   template <class F>
   void for_each_index(std::size_t n, F f) const {
-    parallel_ranges(n, n, [&](std::size_t b, std::size_t e) {
+    for_each_index(n, f, 1);
+  }
+
+  /// for_each_index where one index costs about `work_per_index` element operations (the optional work hint,
+  /// see rlhf::for_each_weighted_index): the loop is split across threads once n * work_per_index reaches
+  /// parallel_threshold, so a few thousand heavy rows (attention queries, RMSNorm rows) use every thread.
+  template <class F>
+  void for_each_index(std::size_t n, F f, std::size_t work_per_index) const {
+    const std::size_t w = std::max<std::size_t>(work_per_index, 1);
+    constexpr std::size_t most = std::numeric_limits<std::size_t>::max();
+    const std::size_t work = n > most / w ? most : n * w;
+    parallel_ranges(n, work, [&](std::size_t b, std::size_t e) {
       const F fn = f;  // local copy: see transform
       for (std::size_t i = b; i < e; ++i) fn(i);
     });

@@ -48,6 +48,10 @@ struct generic_only {
   void for_each_index(std::size_t n, F f) const {
     inner.for_each_index(n, f);
   }
+  template <class F>
+  void for_each_index(std::size_t n, F f, std::size_t work_per_index) const {
+    rlhf::for_each_weighted_index(inner, n, work_per_index, f);
+  }
   template <class Acc, class Op, class F, class... In>
   Acc transform_reduce(Acc init, Op op, F f, In... in) const {
     return inner.transform_reduce(init, op, f, in...);

@@ -412,7 +412,7 @@ template <class B, class T, class L>
 void token_logprobs_generic(const B& b, backend_matrix<B, const L> logits, backend_vector<B, const token_type> tokens,
                             backend_vector<B, const mask_type> mask, backend_vector<B, T> logprobs,
                             backend_vector<B, T> logsumexp, backend_vector<B, T> entropy, double temperature) {
-  b.for_each_index(logits.rows, token_logprobs_row<T, typename B::memory_space, L>{
+  for_each_weighted_index(b, logits.rows, logits.cols, token_logprobs_row<T, typename B::memory_space, L>{
                                     logits, tokens, mask, logprobs, logsumexp, entropy, 1.0 / temperature});
 }
 
@@ -422,7 +422,7 @@ void token_logprobs_backward_generic(const B& b, backend_matrix<B, const L> logi
                                      backend_vector<B, const T> logsumexp, backend_vector<B, const T> d_logprobs,
                                      backend_vector<B, const T> entropy, backend_vector<B, const T> d_entropy,
                                      backend_matrix<B, L> dlogits, double temperature) {
-  b.for_each_index(logits.rows, token_logprobs_backward_row<T, typename B::memory_space, L>{
+  for_each_weighted_index(b, logits.rows, logits.cols, token_logprobs_backward_row<T, typename B::memory_space, L>{
                                     logits, tokens, mask, logsumexp, d_logprobs, entropy, d_entropy, dlogits,
                                     1.0 / temperature});
 }
@@ -431,8 +431,9 @@ template <class B, class T>
 void full_kl_generic(const B& b, backend_matrix<B, const T> logits_p, backend_matrix<B, const T> logits_q,
                      backend_vector<B, const mask_type> mask, backend_vector<B, T> kl, backend_vector<B, T> logsumexp_p,
                      backend_vector<B, T> logsumexp_q, double temperature) {
-  b.for_each_index(logits_p.rows, full_kl_row<T, typename B::memory_space>{logits_p, logits_q, mask, kl, logsumexp_p,
-                                                                           logsumexp_q, 1.0 / temperature});
+  for_each_weighted_index(b, logits_p.rows, 2 * logits_p.cols,
+                          full_kl_row<T, typename B::memory_space>{logits_p, logits_q, mask, kl, logsumexp_p,
+                                                                   logsumexp_q, 1.0 / temperature});
 }
 
 template <class B, class T>
@@ -440,7 +441,7 @@ void full_kl_backward_generic(const B& b, backend_matrix<B, const T> logits_p, b
                               backend_vector<B, const mask_type> mask, backend_vector<B, const T> kl,
                               backend_vector<B, const T> logsumexp_p, backend_vector<B, const T> logsumexp_q,
                               backend_vector<B, const T> d_kl, backend_matrix<B, T> dlogits_p, double temperature) {
-  b.for_each_index(logits_p.rows, full_kl_backward_row<T, typename B::memory_space>{
+  for_each_weighted_index(b, logits_p.rows, 2 * logits_p.cols, full_kl_backward_row<T, typename B::memory_space>{
                                       logits_p, logits_q, mask, kl, logsumexp_p, logsumexp_q, d_kl, dlogits_p,
                                       1.0 / temperature});
 }

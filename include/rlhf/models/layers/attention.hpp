@@ -239,8 +239,9 @@ void causal_attention_forward_generic(const B& b, backend_matrix<B, const T> q, 
                                       backend_matrix<B, const T> v, const attention_dims& dims,
                                       backend_matrix<B, T> out, backend_matrix<B, T> probs,
                                       backend_vector<B, const std::int32_t> lengths) {
-  b.for_each_index(dims.batch * dims.n_heads * dims.seq,
-                   attention_forward_query<T, typename B::memory_space>{q, k, v, out, probs, lengths, dims});
+  // A query visits up to T keys, hd multiply-adds each, twice (scores, then the weighted values).
+  for_each_weighted_index(b, dims.batch * dims.n_heads * dims.seq, 2 * dims.seq * dims.head_dim,
+                          attention_forward_query<T, typename B::memory_space>{q, k, v, out, probs, lengths, dims});
 }
 
 template <class B, class T>
@@ -251,10 +252,12 @@ void causal_attention_backward_generic(const B& b, backend_matrix<B, const T> q,
                                        backend_vector<B, const std::int32_t> lengths) {
   using S = typename B::memory_space;
   const std::size_t queries = dims.batch * dims.n_heads * dims.seq;
-  b.for_each_index(queries, attention_backward_rowsum<T, S>{v, probs, d_out, d_q, lengths, dims});
-  b.for_each_index(dims.batch * dims.n_kv_heads * dims.seq,
-                   attention_backward_key<T, S>{q, v, probs, d_out, d_q, d_k, d_v, lengths, dims});
-  b.for_each_index(queries, attention_backward_query<T, S>{k, v, probs, d_out, d_q, lengths, dims});
+  const std::size_t per_query = dims.seq * dims.head_dim;  // up to T keys of hd multiply-adds
+  for_each_weighted_index(b, queries, per_query, attention_backward_rowsum<T, S>{v, probs, d_out, d_q, lengths, dims});
+  for_each_weighted_index(b, dims.batch * dims.n_kv_heads * dims.seq, 3 * dims.group * per_query,
+                          attention_backward_key<T, S>{q, v, probs, d_out, d_q, d_k, d_v, lengths, dims});
+  for_each_weighted_index(b, queries, 2 * per_query,
+                          attention_backward_query<T, S>{k, v, probs, d_out, d_q, lengths, dims});
 }
 
 /// Counts lengths outside [0, seq] (device-callable).

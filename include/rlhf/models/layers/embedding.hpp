@@ -79,7 +79,8 @@ void embedding_forward_generic(const B& b, backend_matrix<B, const T> table, bac
 template <class B, class T>
 void embedding_backward_generic(const B& b, backend_vector<B, const token_type> tokens,
                                 backend_matrix<B, const T> d_out, backend_matrix<B, T> d_table) {
-  b.for_each_index(d_out.cols, embedding_backward_column<T, typename B::memory_space>{tokens, d_out, d_table});
+  for_each_weighted_index(b, d_out.cols, d_out.rows,
+                          embedding_backward_column<T, typename B::memory_space>{tokens, d_out, d_table});
 }
 
 }  // namespace detail

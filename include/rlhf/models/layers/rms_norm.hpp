@@ -98,7 +98,8 @@ struct rms_norm_weight_grad_column {
 template <class B, class T>
 void rms_norm_forward_generic(const B& b, backend_matrix<B, const T> x, backend_vector<B, const T> weight,
                               backend_matrix<B, T> out, backend_vector<B, T> inv_rms, double eps) {
-  b.for_each_index(x.rows, rms_norm_forward_row<T, typename B::memory_space>{x, weight, out, inv_rms, eps});
+  for_each_weighted_index(b, x.rows, x.cols,
+                          rms_norm_forward_row<T, typename B::memory_space>{x, weight, out, inv_rms, eps});
 }
 
 template <class B, class T>
@@ -107,8 +108,10 @@ void rms_norm_backward_generic(const B& b, backend_matrix<B, const T> x, backend
                                backend_matrix<B, T> d_x, backend_vector<B, T> d_weight) {
   using S = typename B::memory_space;
   // The weight gradient first: d_x may overwrite d_out or x, which it reads.
-  if (!d_weight.empty()) b.for_each_index(x.cols, rms_norm_weight_grad_column<T, S>{x, inv_rms, d_out, d_weight});
-  if (!d_x.empty()) b.for_each_index(x.rows, rms_norm_backward_row<T, S>{x, weight, inv_rms, d_out, d_x});
+  if (!d_weight.empty())
+    for_each_weighted_index(b, x.cols, x.rows, rms_norm_weight_grad_column<T, S>{x, inv_rms, d_out, d_weight});
+  if (!d_x.empty())
+    for_each_weighted_index(b, x.rows, x.cols, rms_norm_backward_row<T, S>{x, weight, inv_rms, d_out, d_x});
 }
 
 template <class T, class S>
