@@ -536,3 +536,62 @@ TEST_CASE("eigen token_logprobs kernels take bfloat16 logits: the generic path's
   }
 }
 #endif
+
+#if RLHF_TEST_HAS_EIGEN
+#include "rlhf/models/layers/attention.hpp"
+
+TEMPLATE_TEST_CASE("eigen causal attention kernels match the generic path, the same bits on 1 and 2 threads",
+                   "[backends][eigen][attention]", float, double) {
+  // The blocked GEMMs against the generic per-query loops: T across block edges (1, 64, 70, 130), grouped
+  // heads, ragged lengths with an empty and a full sequence, with saved probs and with the online path.
+  using T = TestType;
+  static_assert(requires(const eigen_backend& b, matrix_view<const T, host_space> c, matrix_view<T, host_space> m,
+                         vector_view<const std::int32_t, host_space> l) {
+    rlhf_specialized_causal_attention_forward(b, c, c, c, 1, 1, 1, m, m, l);
+    rlhf_specialized_causal_attention_backward(b, c, c, c, c, c, 1, 1, 1, m, m, m, l);
+  });
+  const double rtol = std::is_same_v<T, float> ? 2e-4 : 1e-11, atol = std::is_same_v<T, float> ? 2e-5 : 1e-12;
+  auto g = rng(92);
+  struct shape {
+    std::size_t batch, seq, n_heads, n_kv_heads, head_dim;
+  };
+  for (const shape s : {shape{3, 70, 4, 2, 8}, shape{2, 130, 2, 1, 5}, shape{4, 64, 3, 3, 4}, shape{2, 1, 2, 2, 2}}) {
+    const std::size_t rows = s.batch * s.seq, qc = s.n_heads * s.head_dim, kc = s.n_kv_heads * s.head_dim;
+    const auto q = normal<T>(g, rows * qc), k = normal<T>(g, rows * kc), v = normal<T>(g, rows * kc);
+    const auto d_out = normal<T>(g, rows * qc);
+    std::vector<std::int32_t> lengths;
+    for (auto n : random_lengths(g, s.batch, s.seq)) lengths.push_back(static_cast<std::int32_t>(n));
+    lengths[0] = 0;
+    lengths[s.batch - 1] = static_cast<std::int32_t>(s.seq);
+    for (int with_lengths = 0; with_lengths < 2; ++with_lengths) {
+      const auto run = [&](const auto& b) {
+        auto bq = to_backend(b, q, rows, qc), bk = to_backend(b, k, rows, kc), bv = to_backend(b, v, rows, kc);
+        auto bd = to_backend(b, d_out, rows, qc);
+        auto bl = to_backend(b, lengths);
+        const vector_view<const std::int32_t, host_space> lv =
+            with_lengths ? bl.view().flat() : vector_view<const std::int32_t, host_space>{};
+        auto out = allocate_filled<T>(b, rows, qc, T(99)), online = allocate_filled<T>(b, rows, qc, T(99));
+        auto probs = allocate_filled<T>(b, s.batch * s.n_heads * s.seq, s.seq, T(99));
+        causal_attention_forward(b, bq.view(), bk.view(), bv.view(), s.batch, s.n_heads, s.n_kv_heads, out.view(),
+                                 probs.view(), lv);
+        causal_attention_forward(b, bq.view(), bk.view(), bv.view(), s.batch, s.n_heads, s.n_kv_heads, online.view(),
+                                 {}, lv);
+        auto dq = allocate_filled<T>(b, rows, qc, T(7)), dk = allocate_filled<T>(b, rows, kc, T(7)),
+             dv = allocate_filled<T>(b, rows, kc, T(7));
+        causal_attention_backward(b, bq.view(), bk.view(), bv.view(), probs.view(), bd.view(), s.batch, s.n_heads,
+                                  s.n_kv_heads, dq.view(), dk.view(), dv.view(), lv);
+        return std::vector<std::vector<T>>{to_host(b, out.view()), to_host(b, online.view()), to_host(b, probs.view()),
+                                           to_host(b, dq.view()),  to_host(b, dk.view()),     to_host(b, dv.view())};
+      };
+      const auto fast = run(eigen_backend(1)), two = run(eigen_backend(2, 1)), gen = run(generic_only<eigen_backend>{});
+      INFO("B " << s.batch << " T " << s.seq << " Hq " << s.n_heads << " Hkv " << s.n_kv_heads << " hd " << s.head_dim
+                << " lengths " << with_lengths);
+      for (std::size_t i = 0; i < fast.size(); ++i) {
+        INFO("output " << i << " (out, online out, probs, d_q, d_k, d_v)");
+        CHECK_THAT(fast[i], close_to<T>(gen[i], rtol, atol));
+        CHECK(two[i] == fast[i]);
+      }
+    }
+  }
+}
+#endif
