@@ -595,3 +595,96 @@ TEMPLATE_TEST_CASE("eigen causal attention kernels match the generic path, the s
   }
 }
 #endif
+
+#if RLHF_TEST_HAS_EIGEN
+#include "rlhf/models/layers/rope.hpp"
+#include "rlhf/models/layers/swiglu.hpp"
+
+TEMPLATE_TEST_CASE("eigen swiglu kernels match the generic path, in place too, the same bits on 1 and 2 threads",
+                   "[backends][eigen][swiglu]", float, double) {
+  // The packet-exp sigmoid in T against the generic double arithmetic: gates from -90 to 90 (exp(-|g|)
+  // underflows at the ends), sizes across block edges, outputs written over their inputs.
+  using T = TestType;
+  static_assert(requires(const eigen_backend& b, matrix_view<const T, host_space> c, matrix_view<T, host_space> m) {
+    rlhf_specialized_swiglu_forward(b, c, c, m);
+    rlhf_specialized_swiglu_backward(b, c, c, c, m, m);
+  });
+  const double rtol = std::is_same_v<T, float> ? 1e-5 : 1e-13, atol = std::is_same_v<T, float> ? 1e-6 : 1e-15;
+  auto g = rng(93);
+  for (const std::size_t n : {1u, 1023u, 1025u, 70001u}) {
+    auto gate = normal<T>(g, n, 0.0, 4.0);
+    gate[0] = T(-90);
+    if (n > 1) gate[1] = T(90);
+    const auto up = normal<T>(g, n), d_out = normal<T>(g, n);
+    const auto run = [&](const auto& b, bool in_place) {
+      auto bg = to_backend(b, gate, 1, n), bu = to_backend(b, up, 1, n), bd = to_backend(b, d_out, 1, n);
+      auto out = allocate<T>(b, 1, n), dg = allocate<T>(b, 1, n), du = allocate<T>(b, 1, n);
+      if (in_place) {
+        // out over up; then d_gate over gate and d_up over d_out (with the forward's gate and up restored).
+        swiglu_forward(b, bg.view(), bu.view(), bu.view());
+        b.copy(bu.view().flat(), out.view().flat());
+        bu = to_backend(b, up, 1, n);
+        swiglu_backward(b, bg.view(), bu.view(), bd.view(), bg.view(), bd.view());
+        b.copy(bg.view().flat(), dg.view().flat());
+        b.copy(bd.view().flat(), du.view().flat());
+      } else {
+        swiglu_forward(b, bg.view(), bu.view(), out.view());
+        swiglu_backward(b, bg.view(), bu.view(), bd.view(), dg.view(), du.view());
+      }
+      return std::vector<std::vector<T>>{to_host(b, out.view()), to_host(b, dg.view()), to_host(b, du.view())};
+    };
+    const auto gen = run(generic_only<eigen_backend>{}, false);
+    for (const bool in_place : {false, true}) {
+      const auto fast = run(eigen_backend(1), in_place), two = run(eigen_backend(2, 1), in_place);
+      INFO("n " << n << " in place " << in_place);
+      for (std::size_t i = 0; i < gen.size(); ++i) {
+        INFO("output " << i << " (out, d_gate, d_up)");
+        CHECK_THAT(fast[i], close_to<T>(gen[i], rtol, atol));
+        CHECK(two[i] == fast[i]);
+      }
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("eigen rope kernels match the generic path, in place too, the same bits on 1 and 2 threads",
+                   "[backends][eigen][rope]", float, double) {
+  // The same angles as the generic functor; the rotation may differ by FMA contraction only (a few ulps).
+  using T = TestType;
+  static_assert(requires(const eigen_backend& b, matrix_view<const T, host_space> c, matrix_view<T, host_space> m,
+                         vector_view<const std::int32_t, host_space> p) {
+    rlhf_specialized_rope_forward(b, c, p, 2, m, 1e4);
+    rlhf_specialized_rope_backward(b, c, p, 2, m, 1e4);
+  });
+  const double rtol = std::is_same_v<T, float> ? 1e-6 : 1e-14, atol = std::is_same_v<T, float> ? 1e-6 : 1e-14;
+  auto g = rng(94);
+  struct shape {
+    std::size_t rows, cols, head_dim;
+  };
+  for (const shape s : {shape{5, 8, 8}, shape{37, 48, 6}, shape{300, 64, 8}, shape{3, 4, 2}}) {
+    const auto x = normal<T>(g, s.rows * s.cols);
+    std::vector<std::int32_t> positions(s.rows);
+    for (std::size_t r = 0; r < s.rows; ++r) positions[r] = static_cast<std::int32_t>((r * 37) % 500) - 3;
+    for (const bool inverse : {false, true}) {
+      const auto run = [&](const auto& b, bool in_place) {
+        auto bx = to_backend(b, x, s.rows, s.cols);
+        auto bp = to_backend(b, positions);
+        auto out = allocate<T>(b, s.rows, s.cols);
+        const auto dst = in_place ? bx.view() : out.view();
+        if (inverse)
+          rope_backward(b, bx.view(), bp.view().flat(), s.head_dim, dst, 500.0);
+        else
+          rope_forward(b, bx.view(), bp.view().flat(), s.head_dim, dst, 500.0);
+        return to_host(b, dst);
+      };
+      const auto gen = run(generic_only<eigen_backend>{}, false);
+      for (const bool in_place : {false, true}) {
+        const auto fast = run(eigen_backend(1), in_place), two = run(eigen_backend(2, 1), in_place);
+        INFO("rows " << s.rows << " cols " << s.cols << " head_dim " << s.head_dim << " inverse " << inverse
+                     << " in place " << in_place);
+        CHECK_THAT(fast, close_to<T>(gen, rtol, atol));
+        CHECK(two == fast);
+      }
+    }
+  }
+}
+#endif
