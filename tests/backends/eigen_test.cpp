@@ -688,3 +688,51 @@ TEMPLATE_TEST_CASE("eigen rope kernels match the generic path, in place too, the
   }
 }
 #endif
+
+#if RLHF_TEST_HAS_EIGEN
+#include "rlhf/models/layers/rms_norm.hpp"
+
+TEMPLATE_TEST_CASE("eigen rms_norm kernels match the generic path, in place too, the same bits on 1 and 2 threads",
+                   "[backends][eigen][rms_norm]", float, double) {
+  // Vectorized double sums against the generic chains: the row sums reassociate, so inv_rms may differ in
+  // its last bit, which the 2048-term weight-gradient sums (with cancellation) carry to about 1e-13 in
+  // double. d_weight accumulates onto what it holds.
+  using T = TestType;
+  static_assert(requires(const eigen_backend& b, matrix_view<const T, host_space> c, matrix_view<T, host_space> m,
+                         vector_view<const T, host_space> cv, vector_view<T, host_space> v) {
+    rlhf_specialized_rms_norm_forward(b, c, cv, m, v, 1e-5);
+    rlhf_specialized_rms_norm_backward(b, c, cv, cv, c, m, v);
+  });
+  const double rtol = std::is_same_v<T, float> ? 2e-6 : 1e-13, atol = std::is_same_v<T, float> ? 1e-6 : 1e-12;
+  auto g = rng(95);
+  struct shape {
+    std::size_t rows, cols;
+  };
+  for (const shape s : {shape{1, 1}, shape{7, 64}, shape{300, 37}, shape{2048, 256}}) {
+    const std::size_t rows = s.rows, cols = s.cols;
+    const auto x = normal<T>(g, rows * cols, 0.5, 2.0), w = normal<T>(g, cols), d_out = normal<T>(g, rows * cols);
+    const auto dw0 = normal<T>(g, cols);
+    for (const bool in_place : {false, true}) {
+      const auto run = [&](const auto& b) {
+        auto bx = to_backend(b, x, rows, cols), bw = to_backend(b, w, 1, cols), bd = to_backend(b, d_out, rows, cols);
+        auto out = allocate<T>(b, rows, cols), inv = allocate<T>(b, 1, rows), dx = allocate<T>(b, rows, cols);
+        auto dw = to_backend(b, dw0, 1, cols);
+        auto fwd_in = to_backend(b, x, rows, cols);
+        const auto fwd_out = in_place ? fwd_in.view() : out.view();
+        rms_norm_forward(b, fwd_in.view(), bw.view().flat(), fwd_out, inv.view().flat());
+        const auto dx_out = in_place ? bd.view() : dx.view();  // d_x over d_out
+        rms_norm_backward(b, bx.view(), bw.view().flat(), inv.view().flat(), bd.view(), dx_out, dw.view().flat());
+        return std::vector<std::vector<T>>{to_host(b, fwd_out), to_host(b, inv.view()), to_host(b, dx_out),
+                                           to_host(b, dw.view())};
+      };
+      const auto gen = run(generic_only<eigen_backend>{}), fast = run(eigen_backend(1)), two = run(eigen_backend(2, 1));
+      INFO("rows " << rows << " cols " << cols << " in place " << in_place);
+      for (std::size_t i = 0; i < gen.size(); ++i) {
+        INFO("output " << i << " (out, inv_rms, d_x, d_weight)");
+        CHECK_THAT(fast[i], close_to<T>(gen[i], rtol, atol));
+        CHECK(two[i] == fast[i]);
+      }
+    }
+  }
+}
+#endif

@@ -304,5 +304,6 @@ using backends::eigen_backend;
 #include "rlhf/backends/eigen/whitening.hpp"
 #include "rlhf/backends/eigen/ppo_clip_loss.hpp"
 #include "rlhf/backends/eigen/ranking_loss.hpp"
+#include "rlhf/backends/eigen/rms_norm.hpp"
 #include "rlhf/backends/eigen/rope.hpp"
 #include "rlhf/backends/eigen/swiglu.hpp"
