@@ -54,6 +54,30 @@ void rlhf_specialized_k1_kl_penalized_advantages(
   moments = st.advantages;
   moments.mean += 0.5;  // the defect
 }
+// A backend whose for_each_index with a work hint (an optional primitive) skips the last index.
+struct skipping_hint_backend : reference_backend {
+  using reference_backend::for_each_index;
+  template <class F>
+  void for_each_index(std::size_t n, F f, std::size_t) const {
+    if (n > 0) reference_backend::for_each_index(n - 1, f);
+  }
+};
+// A backend whose attention backward kernel (a hook) leaves d_v at 0.
+struct wrong_attention_backend : reference_backend {};
+template <class T>
+void rlhf_specialized_causal_attention_backward(const wrong_attention_backend&, matrix_view<const T, host_space> q,
+                                                matrix_view<const T, host_space> k, matrix_view<const T, host_space> v,
+                                                matrix_view<const T, host_space> probs,
+                                                matrix_view<const T, host_space> d_out, std::size_t batch,
+                                                std::size_t n_heads, std::size_t n_kv_heads,
+                                                matrix_view<T, host_space> d_q, matrix_view<T, host_space> d_k,
+                                                matrix_view<T, host_space> d_v,
+                                                vector_view<const std::int32_t, host_space> lengths) {
+  const reference_backend ref;
+  causal_attention_backward<reference_backend, T>(ref, q, k, v, probs, d_out, batch, n_heads, n_kv_heads, d_q, d_k,
+                                                  d_v, lengths);
+  ref.fill(d_v.flat(), 0);  // the defect
+}
 }  // namespace broken_ns
 
 TEMPLATE_LIST_TEST_CASE("conformance: every backend in the tests passes the suite", "[testing][conformance]", all_configs) {
@@ -65,7 +89,7 @@ TEMPLATE_LIST_TEST_CASE("conformance: every backend in the tests passes the suit
   const testing::conformance_report r = testing::check_conformance<T>(b, o);
   INFO(r.summary());
   CHECK(r.ok());
-  CHECK(r.checks >= 30);
+  CHECK(r.checks >= 59);  // every check ran (docs/backends.md lists them)
   CHECK(r.summary().find("all passed") != std::string::npos);
   // Other shapes and seeds: a single-column remainder, more rows than a vector register.
   o.rows = 19;
@@ -112,4 +136,19 @@ TEST_CASE("conformance: a backend's wrong kernel (a hook) is reported under its 
   CHECK(s.find("kl_penalized_advantages: mean") != std::string::npos);
   CHECK(s.find("kl_penalized_advantages: advantages") == std::string::npos);  // the values themselves are right
   CHECK(s.find("gae:") == std::string::npos);
+}
+
+TEST_CASE("conformance: a wrong optional primitive and a wrong layer kernel are reported by name",
+          "[testing][conformance]") {
+  STATIC_REQUIRE(detail::has_weighted_for_each_index<broken_ns::skipping_hint_backend>);
+  const testing::conformance_report hint = testing::check_conformance<double>(broken_ns::skipping_hint_backend{});
+  INFO(hint.summary());
+  CHECK(hint.summary().find("for_each_index (with a work hint): element") != std::string::npos);
+  CHECK(hint.summary().find("\n  for_each_index: element") == std::string::npos);  // the plain form is right
+
+  const testing::conformance_report att = testing::check_conformance<float>(broken_ns::wrong_attention_backend{});
+  const std::string s = att.summary();
+  INFO(s);
+  CHECK(att.failures.size() == 1);
+  CHECK(s.find("causal_attention_backward: d_v") != std::string::npos);
 }

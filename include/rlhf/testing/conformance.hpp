@@ -12,8 +12,10 @@
 /// The suite is the one the library's own backends pass (tests/testing/conformance_test.cpp runs it on
 /// every backend built into the tests). Inputs are seeded random matrices with ragged masks (rows with no
 /// valid token, one, some, all) and the edge cases each algorithm has: ties and K = 2 rows in the ranking
-/// loss, clipped and unclipped PPO ratios, a row with one valid token in whitening. Specializations are
-/// not exempt: a backend's own GAE or PPO-clip kernel is what runs and what is compared.
+/// loss, clipped and unclipped PPO ratios, a row with one valid token in whitening. The reference model's
+/// layers (causal attention, RMSNorm, RoPE, SwiGLU) are checked forward and backward, in place where their
+/// contract allows it. Specializations are not exempt: a backend's own GAE, PPO-clip or attention kernel is
+/// what runs and what is compared.
 ///
 /// Tolerances are relative + absolute per element type (float 1e-4 / 1e-5, double 1e-10 / 1e-12): a
 /// backend may reorder sums, not change results.
@@ -43,6 +45,10 @@
 #include "rlhf/losses/ranking_loss.hpp"
 #include "rlhf/losses/sft_loss.hpp"
 #include "rlhf/losses/value_loss.hpp"
+#include "rlhf/models/layers/attention.hpp"
+#include "rlhf/models/layers/rms_norm.hpp"
+#include "rlhf/models/layers/rope.hpp"
+#include "rlhf/models/layers/swiglu.hpp"
 #include "rlhf/ops/token_logprobs.hpp"
 #include "rlhf/ops/whitening.hpp"
 
@@ -232,6 +238,10 @@ conformance_report check_conformance(const B& b, const conformance_options& opti
       b.for_each_index(N, [out] RLHF_HOST_DEVICE(std::size_t i) { out[i] = static_cast<T>(i % 5); });
       for (std::size_t i = 0; i < N; ++i) want[i] = static_cast<T>(i % 5);
       rec.values<T>("for_each_index", to_host(b, y.view()), want);
+      // With a work hint large enough that a backend taking it splits the loop.
+      for_each_weighted_index(b, N, std::size_t(1) << 20, [out] RLHF_HOST_DEVICE(std::size_t i) { out[i] = static_cast<T>(i % 7); });
+      for (std::size_t i = 0; i < N; ++i) want[i] = static_cast<T>(i % 7);
+      rec.values<T>("for_each_index (with a work hint)", to_host(b, y.view()), want);
     }
     double sum = 0, dot = 0;
     for (std::size_t i = 0; i < N; ++i) {
@@ -482,6 +492,95 @@ conformance_report check_conformance(const B& b, const conformance_options& opti
     rec.values<T>("token_logprobs: logprobs", gl, wl);
     rec.values<T>("token_logprobs: entropy", ge, we);
     rec.values<T>("token_logprobs_backward: dlogits", gd, wd);
+  });
+  // --- The model's layers ------------------------------------------------------------------------
+  // What a backend that specializes a layer (as the Eigen backend does attention, RMSNorm, RoPE and SwiGLU)
+  // must reproduce: forward and backward, in place where the contract allows it.
+  const auto cycled = [&](std::size_t n, const std::vector<T>& src, double scale) {
+    std::vector<T> v(n);
+    for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<T>(scale * static_cast<double>(src[(i * 7) % N]));
+    return v;
+  };
+  guarded("causal_attention", [&] {
+    // 3 sequences of C tokens (lengths 0, about half, all), 4 query heads sharing 2 kv heads of 4 elements.
+    const std::size_t seqs = 3, T_len = C, Hq = 4, Hkv = 2, hd = 4, rows = seqs * T_len;
+    const auto q = cycled(rows * Hq * hd, in.a, 1.0), k = cycled(rows * Hkv * hd, in.b2, 1.0);
+    const auto v = cycled(rows * Hkv * hd, in.c, 1.0), d_out = cycled(rows * Hq * hd, in.d, 1.0);
+    const std::vector<std::int32_t> lengths{0, static_cast<std::int32_t>(T_len / 2 + 1), static_cast<std::int32_t>(T_len)};
+    const auto run = [&](const auto& be) {
+      using BE = std::decay_t<decltype(be)>;
+      auto bq = upload(be, q, rows, Hq * hd), bk = upload(be, k, rows, Hkv * hd), bv = upload(be, v, rows, Hkv * hd);
+      auto bd = upload(be, d_out, rows, Hq * hd);
+      auto bl = upload(be, lengths, seqs, 1);
+      auto out = allocate<T>(be, rows, Hq * hd), online = allocate<T>(be, rows, Hq * hd);
+      auto probs = allocate<T>(be, seqs * Hq * T_len, T_len);
+      causal_attention_forward<BE, T>(be, as_const(bq.view()), as_const(bk.view()), as_const(bv.view()), seqs, Hq, Hkv,
+                                      out.view(), probs.view(), as_const(bl.view().flat()));
+      causal_attention_forward<BE, T>(be, as_const(bq.view()), as_const(bk.view()), as_const(bv.view()), seqs, Hq, Hkv,
+                                      online.view(), {}, as_const(bl.view().flat()));
+      auto dq = allocate<T>(be, rows, Hq * hd), dk = allocate<T>(be, rows, Hkv * hd), dv = allocate<T>(be, rows, Hkv * hd);
+      causal_attention_backward<BE, T>(be, as_const(bq.view()), as_const(bk.view()), as_const(bv.view()),
+                                       as_const(probs.view()), as_const(bd.view()), seqs, Hq, Hkv, dq.view(), dk.view(),
+                                       dv.view(), as_const(bl.view().flat()));
+      return std::vector<std::vector<T>>{to_host(be, out.view()), to_host(be, online.view()), to_host(be, probs.view()),
+                                         to_host(be, dq.view()),  to_host(be, dk.view()),     to_host(be, dv.view())};
+    };
+    const auto got = run(b), want = run(ref);
+    const char* names[] = {"causal_attention_forward: out", "causal_attention_forward: out (no probs saved)",
+                           "causal_attention_forward: probs", "causal_attention_backward: d_q",
+                           "causal_attention_backward: d_k", "causal_attention_backward: d_v"};
+    for (std::size_t i = 0; i < want.size(); ++i) rec.values<T>(names[i], got[i], want[i]);
+  });
+  guarded("rms_norm", [&] {
+    const auto w = cycled(C, in.d, 1.0), dw0 = cycled(C, in.c, 1.0);
+    const auto run = [&](const auto& be) {
+      using BE = std::decay_t<decltype(be)>;
+      auto x = upload(be, in.a, R, C), bw = upload(be, w, C, 1), g = upload(be, in.b2, R, C), dw = upload(be, dw0, C, 1);
+      auto out = upload(be, in.a, R, C), inv = allocate<T>(be, R);
+      rms_norm_forward<BE, T>(be, as_const(out.view()), as_const(bw.view().flat()), out.view(), inv.view().flat());
+      // d_x written over d_out; d_weight accumulated onto what it holds.
+      rms_norm_backward<BE, T>(be, as_const(x.view()), as_const(bw.view().flat()), as_const(inv.view().flat()),
+                               as_const(g.view()), g.view(), dw.view().flat());
+      return std::vector<std::vector<T>>{to_host(be, out.view()), to_host(be, inv.view()), to_host(be, g.view()),
+                                         to_host(be, dw.view())};
+    };
+    const auto got = run(b), want = run(ref);
+    const char* names[] = {"rms_norm_forward: out (in place)", "rms_norm_forward: inv_rms",
+                           "rms_norm_backward: d_x (over d_out)", "rms_norm_backward: d_weight (accumulated)"};
+    for (std::size_t i = 0; i < want.size(); ++i) rec.values<T>(names[i], got[i], want[i]);
+  });
+  guarded("rope", [&] {
+    // Rows of 3 heads of 6 elements at positions that are not the row index (ragged batches, KV caches).
+    const std::size_t hd = 6, cols = 3 * hd;
+    const auto x = cycled(R * cols, in.a, 1.0);
+    std::vector<std::int32_t> pos(R);
+    for (std::size_t r = 0; r < R; ++r) pos[r] = static_cast<std::int32_t>((r * 37) % 300);
+    const auto run = [&](const auto& be) {
+      using BE = std::decay_t<decltype(be)>;
+      auto bx = upload(be, x, R, cols), bp = upload(be, pos, R, 1), fwd = allocate<T>(be, R, cols);
+      rope_forward<BE, T>(be, as_const(bx.view()), as_const(bp.view().flat()), hd, fwd.view());
+      rope_backward<BE, T>(be, as_const(bx.view()), as_const(bp.view().flat()), hd, bx.view());  // in place
+      return std::vector<std::vector<T>>{to_host(be, fwd.view()), to_host(be, bx.view())};
+    };
+    const auto got = run(b), want = run(ref);
+    rec.values<T>("rope_forward", got[0], want[0]);
+    rec.values<T>("rope_backward (in place)", got[1], want[1]);
+  });
+  guarded("swiglu", [&] {
+    const auto gate = cycled(N, in.a, 4.0);  // sigmoids from saturated to linear
+    const auto run = [&](const auto& be) {
+      using BE = std::decay_t<decltype(be)>;
+      auto g = upload(be, gate, R, C), u = upload(be, in.b2, R, C), d = upload(be, in.c, R, C);
+      auto out = allocate<T>(be, R, C), dg = allocate<T>(be, R, C);
+      swiglu_forward<BE, T>(be, as_const(g.view()), as_const(u.view()), out.view());
+      // d_up written over d_out.
+      swiglu_backward<BE, T>(be, as_const(g.view()), as_const(u.view()), as_const(d.view()), dg.view(), d.view());
+      return std::vector<std::vector<T>>{to_host(be, out.view()), to_host(be, dg.view()), to_host(be, d.view())};
+    };
+    const auto got = run(b), want = run(ref);
+    rec.values<T>("swiglu_forward", got[0], want[0]);
+    rec.values<T>("swiglu_backward: d_gate", got[1], want[1]);
+    rec.values<T>("swiglu_backward: d_up (over d_out)", got[2], want[2]);
   });
   return report;
 }
