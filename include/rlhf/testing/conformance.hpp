@@ -557,7 +557,8 @@ conformance_report check_conformance(const B& b, const conformance_options& opti
     for (std::size_t r = 0; r < R; ++r) pos[r] = static_cast<std::int32_t>((r * 37) % 300);
     const auto run = [&](const auto& be) {
       using BE = std::decay_t<decltype(be)>;
-      auto bx = upload(be, x, R, cols), bp = upload(be, pos, R, 1), fwd = allocate<T>(be, R, cols);
+      auto bx = upload(be, x, R, cols), fwd = allocate<T>(be, R, cols);
+      auto bp = upload(be, pos, R, 1);
       rope_forward<BE, T>(be, as_const(bx.view()), as_const(bp.view().flat()), hd, fwd.view());
       rope_backward<BE, T>(be, as_const(bx.view()), as_const(bp.view().flat()), hd, bx.view());  // in place
       return std::vector<std::vector<T>>{to_host(be, fwd.view()), to_host(be, bx.view())};
