@@ -4,7 +4,10 @@
 //
 // One configuration and thread count per run, so the peak memory belongs to that run alone:
 //
-//     model_bench <stories260K|10M> <threads> [checkpoint of stories260K]
+//     model_bench <stories260K|10M> <threads> [checkpoint of stories260K] [--recompute-attention]
+//
+// --recompute-attention trains with llama_model::set_attention_recompute(true): one attention softmax for
+// all layers, recomputed per layer in the backward (less memory, one more attention forward per layer).
 //
 // benchmarks/run_model_bench.sh runs every combination and the PyTorch side of the comparison
 // (benchmarks/peers/llama_torch.py, same architecture and shapes).
@@ -43,8 +46,17 @@ rlhf::llama_config ten_million() {
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::fprintf(stderr, "usage: %s <stories260K|10M> <threads> [stories260K.bin]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s <stories260K|10M> <threads> [stories260K.bin] [--recompute-attention]\n",
+                 argv[0]);
     return 2;
+  }
+  bool recompute = false;
+  std::vector<std::string> rest;
+  for (int i = 3; i < argc; ++i) {
+    if (std::string(argv[i]) == "--recompute-attention")
+      recompute = true;
+    else
+      rest.emplace_back(argv[i]);
   }
   const std::string which = argv[1];
   const int threads = std::atoi(argv[2]);
@@ -55,9 +67,10 @@ int main(int argc, char** argv) {
 #else
   const std::string default_path = "examples/data/stories260K.bin";
 #endif
-  const std::string path = argc > 3 ? argv[3] : default_path;
+  const std::string path = rest.empty() ? default_path : rest.front();
   model_type model = which == "10M" ? model_type(b, ten_million()) : rlhf::load_llama2c(b, path);
   if (which == "10M") model.init_random(b, 1, 0.02);
+  model.set_attention_recompute(recompute);
   const rlhf::llama_config& c = model.config();
 
   // Training: batch 8 x 256 tokens, loss = sum of the log-probs (gradient 1 everywhere).
@@ -103,7 +116,8 @@ int main(int argc, char** argv) {
   }
   const double sample_tps = static_cast<double>(sampled) / seconds_since(t0);
 
-  std::printf("| rlhf (eigen) | %s | %zu | %d | %zu x %zu | %.0f | %.0f | %.0f | %.0f |\n", which.c_str(),
+  std::printf("| rlhf (eigen%s) | %s | %zu | %d | %zu x %zu | %.0f | %.0f | %.0f | %.0f |\n",
+              recompute ? ", recomputed attention" : "", which.c_str(),
               c.parameter_count(), threads, rows, cols, train_tps, fwd_tps, sample_tps, peak_rss_mib());
   return 0;
 }

@@ -173,6 +173,56 @@ TEMPLATE_LIST_TEST_CASE("llama_model: an inference pass between a training forwa
   CHECK(norm > 0);
 }
 
+TEMPLATE_LIST_TEST_CASE("llama_model: recomputing the attention softmax gives the same gradients bit for bit, in less memory",
+                        "[models][llama][training]", all_configs) {
+  using B = typename TestType::backend;
+  using T = typename TestType::value;
+  const B b = TestType::make();
+  const llama_config c = tiny_llama_config();
+  llama_model<B, T> model(b, c);
+  model.init_random(b, 5, 0.4);
+  CHECK_FALSE(model.attention_recompute());  // off by default
+  std::mt19937_64 g(8);
+  const std::size_t rows = 2, cols = 5;
+  const auto tok = random_tokens(g, rows * cols, c.vocab_size);
+  const auto tokens = to_backend(b, std::span<const token_type>(tok), rows, cols);
+  const auto lengths = to_backend(b, std::vector<std::int32_t>{5, 3});
+  auto lp = allocate<T>(b, rows, cols);
+  const auto d_lp = to_backend(b, normal<T>(g, rows * cols), rows, cols);
+  // Records with `record`, backpropagates with `backprop`: the recorded pass's mode must rule.
+  const auto grads_after = [&](bool record, bool backprop) {
+    model.zero_grad(b);
+    model.set_attention_recompute(record);
+    model.log_probs(b, as_const(tokens.view()), as_const(lengths.view().flat()), lp.view(), {}, forward_mode::training);
+    model.set_attention_recompute(backprop);
+    model.log_probs_backward(b, as_const(d_lp.view()));
+    std::vector<T> all;
+    for (const auto& p : model.parameters()) {
+      const auto h = to_host(b, p.grad.flat());
+      all.insert(all.end(), h.begin(), h.end());
+    }
+    return all;
+  };
+  const auto kept = grads_after(false, false);
+  CHECK(grads_after(true, true) == kept);
+  CHECK(grads_after(true, false) == kept);
+  CHECK(grads_after(false, true) == kept);
+  double norm = 0;
+  for (const T x : kept) norm += static_cast<double>(x) * static_cast<double>(x);
+  CHECK(norm > 0);
+  // One softmax for all layers instead of one per layer; a reused activation set follows the mode.
+  llama_activations<B, T> per_layer, shared;
+  model.set_attention_recompute(false);
+  model.forward_hidden(b, as_const(tokens.view()), as_const(lengths.view().flat()), per_layer, forward_mode::training);
+  model.set_attention_recompute(true);
+  model.forward_hidden(b, as_const(tokens.view()), as_const(lengths.view().flat()), shared, forward_mode::training);
+  const std::size_t softmax = rows * c.n_heads * cols * cols;
+  CHECK(per_layer.stored_values() - shared.stored_values() == (c.n_layers - 1) * softmax);
+  model.set_attention_recompute(false);
+  model.forward_hidden(b, as_const(tokens.view()), as_const(lengths.view().flat()), shared, forward_mode::training);
+  CHECK(shared.stored_values() == per_layer.stored_values());
+}
+
 TEMPLATE_LIST_TEST_CASE("llama_model: training errors name the function and the argument", "[models][llama][errors]",
                         all_configs) {
   using B = typename TestType::backend;

@@ -244,7 +244,9 @@ class llama_model;
 /// trunk) can each keep their own. A training pass stores, per layer, the inputs of every layer
 /// function's backward (RMSNorm inputs and 1/rms, q, k, v after rotation, the attention softmax, the
 /// SwiGLU gate and up projections, ...): about `(8 D + 2 kv_dim + 3 F + 2 + Hq T) * B * T` values per
-/// layer. An inference pass reuses one layer's buffers for every layer and stores no softmax.
+/// layer, or `(8 D + 2 kv_dim + 3 F + 2) * B * T` per layer plus one `Hq T * B * T` softmax for all layers
+/// when the model recomputes the attention (llama_model::set_attention_recompute). An inference pass reuses
+/// one layer's buffers for every layer and stores no softmax.
 /// Buffers are kept between passes of the same shape.
 template <class B, class T>
 class llama_activations {
@@ -261,6 +263,17 @@ class llama_activations {
   backend_vector<B, const std::int32_t> lengths() const {
     return has_lengths_ ? as_const(lengths_.view().flat()) : backend_vector<B, const std::int32_t>{};
   }
+  /// The T values held for the latest pass, all buffers together (memory planning: times sizeof(T)).
+  std::size_t stored_values() const {
+    std::size_t n = shared_probs_.view().size() + x_final_.view().size() + inv_rms_final_.view().size() +
+                    hidden_.view().size() + proj_.view().size();
+    for (const auto& s : layers_) {
+      for (const auto* buf : {&s.x_in, &s.inv_rms_att, &s.xb_att, &s.q, &s.k, &s.v, &s.probs, &s.att, &s.x_mid,
+                              &s.inv_rms_ffn, &s.xb_ffn, &s.gate, &s.up, &s.act})
+        n += buf->view().size();
+    }
+    return n;
+  }
 
  private:
   friend class llama_model<B, T>;
@@ -268,6 +281,8 @@ class llama_activations {
     buffer_t<B, T> x_in, inv_rms_att, xb_att, q, k, v, probs, att, x_mid, inv_rms_ffn, xb_ffn, gate, up, act;
   };
   std::vector<layer_buffers> layers_;
+  buffer_t<B, T> shared_probs_;    // the one attention softmax of a recomputing training pass
+  bool recompute_attention_ = false;  // the mode of the latest prepare (see llama_model::set_attention_recompute)
   buffer_t<B, token_type> tokens_;
   buffer_t<B, std::int32_t> positions_, lengths_;
   bool has_lengths_ = false;
@@ -429,6 +444,16 @@ class llama_model {
   /// Whether the model has its language-model classifier (false for a reward or value model's trunk).
   bool has_classifier() const { return has_classifier_; }
 
+  /// Memory for time in training passes: with `on`, a training forward keeps one attention softmax
+  /// (`[B*Hq*T, T]`, the largest activation: T times the size of a layer's q) for all layers instead of one
+  /// per layer, and the backward recomputes each layer's from the saved q, k and v before using it: one
+  /// more attention forward per layer and backward pass, the same gradients bit for bit (the attention is
+  /// deterministic). Off by default. Takes effect at the next training forward; a recorded pass is
+  /// backpropagated the way it was recorded.
+  void set_attention_recompute(bool on) { recompute_attention_ = on; }
+  /// Whether training passes recompute the attention softmax (set_attention_recompute).
+  bool attention_recompute() const { return recompute_attention_; }
+
   /// A parameter's value by name (for tests and checkpoints). @throws rlhf::invalid_argument if unknown.
   backend_matrix<B, T> parameter(std::string_view name) {
     for (auto& t : tensors_)
@@ -511,7 +536,7 @@ class llama_model {
       rope_forward(b, as_const(s.q.view()), pos, c.head_dim(), s.q.view(), c.rope_theta);
       rope_forward(b, as_const(s.k.view()), pos, c.head_dim(), s.k.view(), c.rope_theta);
       causal_attention_forward(b, as_const(s.q.view()), as_const(s.k.view()), as_const(s.v.view()), tokens.rows,
-                               c.n_heads, c.n_kv_heads, s.att.view(), training ? s.probs.view() : backend_matrix<B, T>{},
+                               c.n_heads, c.n_kv_heads, s.att.view(), training ? saved_probs(act, l) : backend_matrix<B, T>{},
                                len);
       linear_forward(b, as_const(s.att.view()), layer(l, 4), proj);
       b.transform(x_mid.flat(), detail::llama_add{}, as_const(x_in).flat(), as_const(proj).flat());
@@ -570,8 +595,14 @@ class llama_model {
       accumulate(dx, dtmp);  // d x_mid: the residual path plus the normalized branch
       // Attention block: x_mid = x_in + wo attention(rope(wq h), rope(wk h), wv h), h = rms_norm(x_in) * attention_norm.
       linear_backward(b, as_const(s.att.view()), layer(l, 4), as_const(dx), dxb, layer_grad(l, 4));
+      if (act.recompute_attention_) {
+        // The forward kept no softmax of this layer: recompute it from the saved q, k, v (the same
+        // deterministic call as the forward's, so the same bits); its output lands in dtmp, unused.
+        causal_attention_forward(b, as_const(s.q.view()), as_const(s.k.view()), as_const(s.v.view()), act.batch_,
+                                 c.n_heads, c.n_kv_heads, dtmp, saved_probs(act, l), len);
+      }
       causal_attention_backward(b, as_const(s.q.view()), as_const(s.k.view()), as_const(s.v.view()),
-                                as_const(s.probs.view()), as_const(dxb), act.batch_, c.n_heads, c.n_kv_heads,
+                                as_const(saved_probs(act, l)), as_const(dxb), act.batch_, c.n_heads, c.n_kv_heads,
                                 d_q.view(), d_k.view(), d_v.view(), len);
       rope_backward(b, as_const(d_q.view()), pos, c.head_dim(), d_q.view(), c.rope_theta);
       rope_backward(b, as_const(d_k.view()), pos, c.head_dim(), d_k.view(), c.rope_theta);
@@ -857,9 +888,15 @@ class llama_model {
   std::size_t grad_elements_ = 0;  // assigned so far by add()
 
   bool has_classifier_ = true;
+  bool recompute_attention_ = false;  // see set_attention_recompute
   gradient_ready_callback gradients_ready_;  // set around a data-parallel step's last backward
   llama_activations<B, T> lm_act_;            // the latest training pass of log_probs
   detail::llama_lm_head_state<B, T> lm_head_;  // and its head's per-row results
+
+  // Where a training pass keeps layer l's attention softmax: its own buffer, or the one all layers share.
+  static backend_matrix<B, T> saved_probs(llama_activations<B, T>& act, std::size_t l) {
+    return act.recompute_attention_ ? act.shared_probs_.view() : act.layers_[l].probs.view();
+  }
 
   void report_ready(std::size_t first, std::size_t count) const {
     if (gradients_ready_) gradients_ready_(first, count);
@@ -876,12 +913,15 @@ class llama_model {
     const llama_config& c = config_;
     const std::size_t N = rows * cols, D = c.dim, kv = c.kv_dim(), F = c.hidden_dim;
     const bool training = slots == c.n_layers;
+    const bool recompute = training && recompute_attention_;
     const bool same_shape = act.batch_ == rows && act.seq_ == cols && act.layers_.size() >= slots &&
-                            (!training || act.slots_ == slots);
+                            (!training || (act.slots_ == slots && act.recompute_attention_ == recompute));
     act.batch_ = rows;
     act.seq_ = cols;
     if (same_shape) return;
     act.slots_ = slots;
+    act.recompute_attention_ = recompute;
+    act.shared_probs_ = allocate<T>(b, recompute ? rows * c.n_heads * cols : 0, cols);
     act.layers_.clear();
     act.layers_.resize(slots);
     for (auto& s : act.layers_) {
@@ -896,7 +936,7 @@ class llama_model {
       s.up = allocate<T>(b, N, F);
       if (training) {
         s.inv_rms_att = allocate<T>(b, N);
-        s.probs = allocate<T>(b, rows * c.n_heads * cols, cols);
+        if (!recompute) s.probs = allocate<T>(b, rows * c.n_heads * cols, cols);
         s.x_mid = allocate<T>(b, N, D);
         s.inv_rms_ffn = allocate<T>(b, N);
         s.act = allocate<T>(b, N, F);
