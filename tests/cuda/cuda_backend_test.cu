@@ -50,6 +50,8 @@ constexpr bool kernels_found = requires(const rlhf::cuda_backend& b, rlhf::matri
   rlhf_specialized_k1_kl_penalized_advantages(b, cm, cm, cm, mm, cv, m, m, m, m, x, 0, x, x, out, n, out, n, moments);
   rlhf_specialized_ranking_loss(b, cm, ranks, counts, m, scratch, d, d, flag, flag);
   rlhf_specialized_clipped_value_loss(b, cm, cm, cm, mm, w, m, d, out, out, out, out, out, out);
+  rlhf_specialized_causal_attention_forward(b, cm, cm, cm, n, n, n, m, m, counts);
+  rlhf_specialized_causal_attention_backward(b, cm, cm, cm, cm, cm, n, n, n, m, m, m, counts);
 };
 // bfloat16 logits, float outputs.
 constexpr bool bf16_kernels_found =
@@ -481,8 +483,10 @@ void value_loss_matches_reference(const rlhf::cuda_backend& b) {
   }
 }
 
-// The reference model's layers (embedding, RMSNorm, RoPE, grouped-query attention, SwiGLU, the LM head)
-// run on the GPU: log-probs, entropy and every parameter's gradient match the reference backend.
+// The reference model's layers (embedding, RMSNorm, RoPE, grouped-query attention (the cuBLAS products of
+// cuda/causal_attention.cuh), SwiGLU, the LM head) run on the GPU: log-probs, entropy and every
+// parameter's gradient match the reference backend. (The conformance suite above checks the attention
+// alone too: saved and unsaved probs, ragged lengths, grouped heads.)
 template <class T>
 void llama_matches_reference(const rlhf::cuda_backend& b) {
   const rlhf::reference_backend ref;

@@ -1,0 +1,84 @@
+/// @file causal_attention.cuh
+/// @brief The CUDA backend's causal grouped-query attention: cuBLAS strided-batched products with the
+///        softmax row passes between them.
+///
+/// Same contract as rlhf::causal_attention_forward / _backward (found by argument-dependent lookup as
+/// `rlhf_specialized_causal_attention_forward` and `_backward`; arguments validated). The algorithm is
+/// rlhf/backends/attention_products.hpp: per sequence and offset within a kv group, one
+/// `cublas{S,D}gemmStridedBatched` over the kv heads for the scores, the output and each gradient, and one
+/// row pass (a Thrust for_each on the backend's stream, one thread per row) for the softmax and its
+/// backward. On this backend the generic path ran one thread per query with scalar dot products over its
+/// keys; the products run on the tensor-core GEMMs instead. Everything is enqueued on the backend's stream.
+///
+/// CPU reference: the generic path of rlhf/models/layers/attention.hpp. tests/backends/attention_products_test.cpp
+/// runs this algorithm on the host with a product of cuBLAS's semantics against it; the GPU test holds this
+/// specialization to the reference backend.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+#include "rlhf/backends/attention_products.hpp"
+#include "rlhf/backends/cuda.cuh"
+#include "rlhf/backends/view.hpp"
+
+namespace rlhf::backends {
+
+namespace cuda_kernels {
+
+/// Runs one strided-batched product (column-major, rlhf::detail::strided_product) with cuBLAS on b's stream.
+template <class T>
+void strided_batched_product(const cuda_backend& b, const rlhf::detail::strided_product<T>& p) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "rlhf::cuda_backend attention: cuBLAS products take float or double");
+  if (p.batch == 0 || p.m == 0 || p.n == 0) return;
+  const auto op = [](bool t) { return t ? CUBLAS_OP_T : CUBLAS_OP_N; };
+  const auto i = [](std::size_t x) { return static_cast<int>(x); };
+  const auto l = [](std::size_t x) { return static_cast<long long>(x); };
+  const T alpha = p.alpha, beta = p.beta;
+  cublasStatus_t status;
+  if constexpr (std::is_same_v<T, float>) {
+    status = cublasSgemmStridedBatched(b.cublas(), op(p.trans_a), op(p.trans_b), i(p.m), i(p.n), i(p.k), &alpha, p.a,
+                                       i(p.lda), l(p.stride_a), p.b, i(p.ldb), l(p.stride_b), &beta, p.c, i(p.ldc),
+                                       l(p.stride_c), i(p.batch));
+  } else {
+    status = cublasDgemmStridedBatched(b.cublas(), op(p.trans_a), op(p.trans_b), i(p.m), i(p.n), i(p.k), &alpha, p.a,
+                                       i(p.lda), l(p.stride_a), p.b, i(p.ldb), l(p.stride_b), &beta, p.c, i(p.ldc),
+                                       l(p.stride_c), i(p.batch));
+  }
+  rlhf::backends::detail::cublas_check(status, "rlhf::causal_attention (cuda_backend)",
+                                       std::is_same_v<T, float> ? "cublasSgemmStridedBatched"
+                                                                : "cublasDgemmStridedBatched");
+}
+
+}  // namespace cuda_kernels
+
+/// rlhf::causal_attention_forward's specialization for rlhf::cuda_backend (see the file comment).
+template <class T>
+void rlhf_specialized_causal_attention_forward(const cuda_backend& b, matrix_view<const T, cuda_space> q,
+                                               matrix_view<const T, cuda_space> k, matrix_view<const T, cuda_space> v,
+                                               std::size_t batch, std::size_t n_heads, std::size_t n_kv_heads,
+                                               matrix_view<T, cuda_space> out, matrix_view<T, cuda_space> probs,
+                                               vector_view<const std::int32_t, cuda_space> lengths) {
+  const auto product = [&b](const rlhf::detail::strided_product<T>& p) { cuda_kernels::strided_batched_product(b, p); };
+  rlhf::detail::attention_forward_by_products<cuda_backend, T>(b, product, q, k, v, batch, n_heads, n_kv_heads, out,
+                                                               probs, lengths);
+}
+
+/// rlhf::causal_attention_backward's specialization for rlhf::cuda_backend (see the file comment).
+template <class T>
+void rlhf_specialized_causal_attention_backward(const cuda_backend& b, matrix_view<const T, cuda_space> q,
+                                                matrix_view<const T, cuda_space> k, matrix_view<const T, cuda_space> v,
+                                                matrix_view<const T, cuda_space> probs,
+                                                matrix_view<const T, cuda_space> d_out, std::size_t batch,
+                                                std::size_t n_heads, std::size_t n_kv_heads,
+                                                matrix_view<T, cuda_space> d_q, matrix_view<T, cuda_space> d_k,
+                                                matrix_view<T, cuda_space> d_v,
+                                                vector_view<const std::int32_t, cuda_space> lengths) {
+  const auto product = [&b](const rlhf::detail::strided_product<T>& p) { cuda_kernels::strided_batched_product(b, p); };
+  rlhf::detail::attention_backward_by_products<cuda_backend, T>(b, product, q, k, v, probs, d_out, batch, n_heads,
+                                                                n_kv_heads, d_q, d_k, d_v, lengths);
+}
+
+}  // namespace rlhf::backends
