@@ -53,7 +53,7 @@ struct strided_product {
   std::size_t batch = 0;
 };
 
-/// The sizes of one attention call (validated by the caller).
+/// The sizes of one attention call (validated by the caller); the CUDA and Eigen kernels derive them alike.
 struct attention_product_shape {
   std::size_t batch, seq, n_heads, n_kv_heads, group, head_dim;
   double scale;
@@ -65,6 +65,14 @@ inline attention_product_shape attention_product_shape_of(std::size_t rows, std:
   return {batch, rows / batch, n_heads, n_kv_heads, n_heads / n_kv_heads, hd, 1.0 / std::sqrt(static_cast<double>(hd))};
 }
 
+/// Keys visible to query i of sequence bb: j < min(i + 1, n_b), n_b = lengths[bb] (T when none are given).
+template <class S>
+RLHF_HOST_DEVICE inline std::size_t attention_visible_keys(vector_view<const std::int32_t, S> lengths,
+                                                           std::size_t bb, std::size_t i, std::size_t seq) {
+  const std::size_t len = lengths.empty() ? seq : static_cast<std::size_t>(lengths[bb]);
+  return i + 1 < len ? i + 1 : len;
+}
+
 /// Row pass of the forward, index r over the Hq * T rows of sequence bb (r = h * T + i): the scores in
 /// `p` (row stride T) become the softmax over the visible keys j < min(i + 1, n_b), exact zeros elsewhere.
 template <class T, class S>
@@ -74,9 +82,7 @@ struct attention_softmax_rows {
   std::size_t bb, seq;
 
   RLHF_HOST_DEVICE void operator()(std::size_t r) const {
-    const std::size_t i = r % seq;
-    const std::size_t len = lengths.empty() ? seq : static_cast<std::size_t>(lengths[bb]);
-    const std::size_t lim = i + 1 < len ? i + 1 : len;
+    const std::size_t lim = attention_visible_keys(lengths, bb, r % seq, seq);
     T* row = p + r * seq;
     double m = 0.0;
     for (std::size_t j = 0; j < lim; ++j) {
@@ -100,9 +106,7 @@ struct attention_softmax_backward_rows {
   std::size_t bb, seq;
 
   RLHF_HOST_DEVICE void operator()(std::size_t r) const {
-    const std::size_t i = r % seq;
-    const std::size_t len = lengths.empty() ? seq : static_cast<std::size_t>(lengths[bb]);
-    const std::size_t lim = i + 1 < len ? i + 1 : len;
+    const std::size_t lim = attention_visible_keys(lengths, bb, r % seq, seq);
     const T* pr = p + r * seq;
     T* dr = ds + r * seq;
     double d = 0.0;
@@ -142,7 +146,7 @@ void attention_forward_by_products(const B& be, Product&& product, matrix_view<c
       sc.batch = n_kv_heads;
       product(sc);
     }
-    be.for_each_index(n_heads * seq, attention_softmax_rows<T, S>{p, lengths, bb, seq});
+    for_each_weighted_index(be, n_heads * seq, 3 * seq, attention_softmax_rows<T, S>{p, lengths, bb, seq});
     for (std::size_t g = 0; g < s.group; ++g) {
       // Output: C = O_h^T = V_kvh^T P_h^T.
       strided_product<T> o;
@@ -188,7 +192,8 @@ void attention_backward_by_products(const B& be, Product&& product, matrix_view<
       dp.batch = n_kv_heads;
       product(dp);
     }
-    be.for_each_index(n_heads * seq, attention_softmax_backward_rows<T, S>{p, ds, lengths, bb, seq});
+    for_each_weighted_index(be, n_heads * seq, 2 * seq,
+                            attention_softmax_backward_rows<T, S>{p, ds, lengths, bb, seq});
     for (std::size_t g = 0; g < s.group; ++g) {
       // dQ: C = dQ_h^T = K_kvh^T dS_h^T / sqrt(hd).
       strided_product<T> dq;
