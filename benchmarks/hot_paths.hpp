@@ -1,7 +1,7 @@
 // The hot-path benchmark bodies, generic over the backend (Google Benchmark functions templated on it):
 // GAE, token log-probs (forward, forward + backward, with entropy; float and bfloat16 logits), KL-penalized
 // rewards, the one-call KL-penalized advantages, whitening, the PPO-clip and clipped value losses forward +
-// backward, the ranking loss. Registered for the CPU backends
+// backward, the ranking loss, and the model's RMSNorm forward and backward. Registered for the CPU backends
 // by hot_paths_bench.cpp and for the CUDA backend by hot_paths_cuda_bench.cu. Each iteration ends with
 // b.synchronize() (a no-op on the CPU backends; the CUDA backend's stream), so the time is the work's.
 // Bytes per element: the minimum a fused implementation must move, stated at each benchmark.
@@ -24,6 +24,7 @@
 #include "rlhf/losses/ppo_clip_loss.hpp"
 #include "rlhf/losses/ranking_loss.hpp"
 #include "rlhf/losses/value_loss.hpp"
+#include "rlhf/models/layers/rms_norm.hpp"
 #include "rlhf/ops/token_logprobs.hpp"
 #include "rlhf/ops/whitening.hpp"
 
@@ -270,6 +271,35 @@ void value_loss(benchmark::State& state) {
   auto d = rlhf::allocate<float>(b, rows, cols);
   time_steps(state, b, rows * cols, 17, [&] {
     return rlhf::clipped_value_loss(b, v.view(), old.view(), ret.view(), mask.view(), d.view());
+  });
+}
+
+// RMSNorm forward over [tokens, dim] activations: reads x, writes out and 1/rms per row: 8 B/elem.
+template <class Backend>
+void rms_norm_forward(benchmark::State& state) {
+  const Backend b = make_backend<Backend>(state, 2);
+  const auto [rows, cols] = shape_of(state);
+  auto x = random_matrix(b, rows, cols, -2, 2, 25), w = random_matrix(b, 1, cols, 0.5, 1.5, 26);
+  auto out = rlhf::allocate<float>(b, rows, cols), inv = rlhf::allocate<float>(b, 1, rows);
+  time_steps(state, b, rows * cols, 8, [&] {
+    rlhf::rms_norm_forward(b, rlhf::as_const(x.view()), rlhf::as_const(w.view().flat()), out.view(), inv.view().flat());
+    return out.view().data;
+  });
+}
+
+// RMSNorm backward (d_x and the accumulated weight gradient): reads x and d_out, writes d_x: 12 B/elem at
+// least (the weight gradient's column sums read x and d_out a second time where they are a separate pass).
+template <class Backend>
+void rms_norm_backward(benchmark::State& state) {
+  const Backend b = make_backend<Backend>(state, 2);
+  const auto [rows, cols] = shape_of(state);
+  auto x = random_matrix(b, rows, cols, -2, 2, 27), w = random_matrix(b, 1, cols, 0.5, 1.5, 28);
+  auto g = random_matrix(b, rows, cols, -1, 1, 29), inv = random_matrix(b, 1, rows, 0.5, 2, 30);
+  auto dx = rlhf::allocate<float>(b, rows, cols), dw = rlhf::allocate_filled<float>(b, 1, cols, 0.0f);
+  time_steps(state, b, rows * cols, 12, [&] {
+    rlhf::rms_norm_backward(b, rlhf::as_const(x.view()), rlhf::as_const(w.view().flat()),
+                            rlhf::as_const(inv.view().flat()), rlhf::as_const(g.view()), dx.view(), dw.view().flat());
+    return dx.view().data;
   });
 }
 

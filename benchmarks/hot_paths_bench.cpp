@@ -126,6 +126,10 @@ BENCHMARK(value_loss<rlhf::eigen_backend>) RLHF_LOSS_SHAPES_12T->UseRealTime();
 BENCHMARK(ranking_loss<rlhf::reference_backend>)->Args({4, 1})->Args({9, 1});
 BENCHMARK(ranking_loss<rlhf::generic_only<rlhf::eigen_backend>>)->Args({9, 1});
 BENCHMARK(ranking_loss<rlhf::eigen_backend>)->Args({4, 1})->Args({9, 1});
+// [tokens, dim]: stories15M's 288 and Llama-7B's 4096.
+#define RLHF_ACTIVATIONS_12T ->Args({8192, 288, 1})->Args({8192, 288, 2})->Args({2048, 4096, 1})->Args({2048, 4096, 2})
+BENCHMARK(rms_norm_forward<rlhf::eigen_backend>) RLHF_ACTIVATIONS_12T->UseRealTime();
+BENCHMARK(rms_norm_backward<rlhf::eigen_backend>) RLHF_ACTIVATIONS_12T->UseRealTime();
 
 // The other CPU backends (no specializations: every hot path runs its generic form over the backend's
 // primitives). xtensor: one thread; Thrust's serial (cpp) system: one thread; Thrust's OpenMP system: 1 and 2.

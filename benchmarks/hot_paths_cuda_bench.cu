@@ -1,5 +1,5 @@
-// The hot paths on the CUDA backend (its kernels: token log-probs and their backward, GAE, PPO-clip; the
-// other hot paths through Thrust on the device), the bodies of benchmarks/hot_paths.hpp at the CPU
+// The hot paths on the CUDA backend (its kernels: token log-probs and their backward, GAE, the one-pass
+// advantages, PPO-clip, value and ranking losses, RMSNorm; the other hot paths through Thrust on the device), the bodies of benchmarks/hot_paths.hpp at the CPU
 // benchmark's shapes and larger ones, plus a device triad that measures the GPU's memory bandwidth in the
 // same run. Every iteration synchronizes the backend's stream, so the times are the device work's (plus a
 // launch latency per kernel, which dominates the small shapes).
@@ -57,6 +57,10 @@ BENCHMARK(whitening<cuda_backend>) RLHF_CUDA_SHAPES;
 BENCHMARK(ppo_clip_loss<cuda_backend>) RLHF_CUDA_SHAPES;
 BENCHMARK(value_loss<cuda_backend>) RLHF_CUDA_SHAPES;
 BENCHMARK(ranking_loss<cuda_backend>)->Args({4, 1})->Args({9, 1})->UseRealTime();
+// [tokens, dim]: stories15M's 288 (a warp per row), Llama-7B's 4096 (a block per row).
+#define RLHF_CUDA_ACTIVATIONS ->Args({8192, 288, 1})->Args({8192, 4096, 1})->UseRealTime()
+BENCHMARK(rms_norm_forward<cuda_backend>) RLHF_CUDA_ACTIVATIONS;
+BENCHMARK(rms_norm_backward<cuda_backend>) RLHF_CUDA_ACTIVATIONS;
 
 int main(int argc, char** argv) {
   if (rlhf::cuda_device_count() == 0) {

@@ -1,13 +1,15 @@
 // The product formulation of causal attention (rlhf/backends/attention_products.hpp), the CUDA backend's
 // algorithm, run on the host: each strided-batched product by a plain column-major loop with cuBLAS's
-// semantics, the row passes on the reference backend, against the generic path of
-// rlhf::causal_attention_forward / _backward. Grouped heads (every operand stride), several sequences,
-// ragged lengths (an empty sequence), T = 1, with saved probs and with the scratch.
+// semantics, the row passes on the reference backend (one thread per row) and as the CUDA backend's split-row
+// kernels replay them (a warp or a block of threads per row, tests/backends/split_rows_replay.hpp), against
+// the generic path of rlhf::causal_attention_forward / _backward. Grouped heads (every operand stride),
+// several sequences, ragged lengths (an empty sequence), T = 1, with saved probs and with the scratch.
 #include "rlhf/backends/attention_products.hpp"
 
 #include <vector>
 
 #include "rlhf/models/layers/attention.hpp"
+#include "split_rows_replay.hpp"
 #include "test_support.hpp"
 
 using namespace rlhf;
@@ -39,6 +41,24 @@ void host_product(const detail::strided_product<T>& p) {
   }
 }
 
+// The row passes of cuda/causal_attention.cuh (attention_split_rows), replayed with `threads` per row; 0
+// runs the default, one row per index.
+struct replayed_row_pass {
+  std::size_t threads;
+  template <class T, class S>
+  void operator()(const reference_backend& b, std::size_t count, std::size_t work,
+                  const detail::attention_softmax_rows<T, S>& rows) const {
+    if (threads == 0) return detail::attention_rows_by_index{}(b, count, work, rows);
+    replay_max_sum_then_write(rows, count, threads);
+  }
+  template <class T, class S>
+  void operator()(const reference_backend& b, std::size_t count, std::size_t work,
+                  const detail::attention_softmax_backward_rows<T, S>& rows) const {
+    if (threads == 0) return detail::attention_rows_by_index{}(b, count, work, rows);
+    replay_sum_then_write(rows, count, threads);
+  }
+};
+
 }  // namespace
 
 TEMPLATE_TEST_CASE("attention as strided-batched products matches the generic path", "[backends][attention]", float,
@@ -59,43 +79,46 @@ TEMPLATE_TEST_CASE("attention as strided-batched products matches the generic pa
     for (auto n : random_lengths(g, s.batch, s.seq)) lengths.push_back(static_cast<std::int32_t>(n));
     lengths[0] = 0;
     for (int with_lengths = 0; with_lengths < 2; ++with_lengths) {
-      INFO("B " << s.batch << " T " << s.seq << " Hq " << s.n_heads << " Hkv " << s.n_kv_heads << " hd "
-                << s.head_dim << " lengths " << with_lengths);
-      auto bq = to_backend(b, q, rows, qc), bk = to_backend(b, k, rows, kc), bv = to_backend(b, v, rows, kc);
-      auto bd = to_backend(b, d_out, rows, qc);
-      auto bl = to_backend(b, lengths);
-      const vector_view<const std::int32_t, host_space> lv =
-          with_lengths ? as_const(bl.view().flat()) : vector_view<const std::int32_t, host_space>{};
-      const std::size_t prob_rows = s.batch * s.n_heads * s.seq;
-      // The generic path.
-      auto want_out = allocate<T>(b, rows, qc), want_probs = allocate<T>(b, prob_rows, s.seq);
-      causal_attention_forward(b, as_const(bq.view()), as_const(bk.view()), as_const(bv.view()), s.batch, s.n_heads,
-                               s.n_kv_heads, want_out.view(), want_probs.view(), lv);
-      auto want_dq = allocate<T>(b, rows, qc), want_dk = allocate<T>(b, rows, kc), want_dv = allocate<T>(b, rows, kc);
-      causal_attention_backward(b, as_const(bq.view()), as_const(bk.view()), as_const(bv.view()),
-                                as_const(want_probs.view()), as_const(bd.view()), s.batch, s.n_heads, s.n_kv_heads,
-                                want_dq.view(), want_dk.view(), want_dv.view(), lv);
-      // The products, outputs starting as NaN (beta = 0 must overwrite them).
-      const T nan = std::numeric_limits<T>::quiet_NaN();
-      auto out = allocate_filled<T>(b, rows, qc, nan), online = allocate_filled<T>(b, rows, qc, nan);
-      auto probs = allocate_filled<T>(b, prob_rows, s.seq, nan);
-      detail::attention_forward_by_products<reference_backend, T>(b, product, as_const(bq.view()), as_const(bk.view()),
-                                                                  as_const(bv.view()), s.batch, s.n_heads,
-                                                                  s.n_kv_heads, out.view(), probs.view(), lv);
-      detail::attention_forward_by_products<reference_backend, T>(b, product, as_const(bq.view()), as_const(bk.view()),
-                                                                  as_const(bv.view()), s.batch, s.n_heads,
-                                                                  s.n_kv_heads, online.view(), {}, lv);
-      CHECK_THAT(to_host(b, out.view()), close_to<T>(to_host(b, want_out.view()), rtol, atol));
-      CHECK_THAT(to_host(b, online.view()), close_to<T>(to_host(b, want_out.view()), rtol, atol));
-      CHECK_THAT(to_host(b, probs.view()), close_to<T>(to_host(b, want_probs.view()), rtol, atol));
-      auto dq = allocate_filled<T>(b, rows, qc, nan), dk = allocate_filled<T>(b, rows, kc, nan),
-           dv = allocate_filled<T>(b, rows, kc, nan);
-      detail::attention_backward_by_products<reference_backend, T>(
-          b, product, as_const(bq.view()), as_const(bk.view()), as_const(bv.view()), as_const(probs.view()),
-          as_const(bd.view()), s.batch, s.n_heads, s.n_kv_heads, dq.view(), dk.view(), dv.view(), lv);
-      CHECK_THAT(to_host(b, dq.view()), close_to<T>(to_host(b, want_dq.view()), rtol, atol));
-      CHECK_THAT(to_host(b, dk.view()), close_to<T>(to_host(b, want_dk.view()), rtol, atol));
-      CHECK_THAT(to_host(b, dv.view()), close_to<T>(to_host(b, want_dv.view()), rtol, atol));
+      for (const std::size_t threads : {std::size_t{0}, std::size_t{32}, std::size_t{256}}) {
+        INFO("B " << s.batch << " T " << s.seq << " Hq " << s.n_heads << " Hkv " << s.n_kv_heads << " hd " << s.head_dim
+                  << " lengths " << with_lengths << " threads per row " << threads);
+        const replayed_row_pass row_pass{threads};
+        auto bq = to_backend(b, q, rows, qc), bk = to_backend(b, k, rows, kc), bv = to_backend(b, v, rows, kc);
+        auto bd = to_backend(b, d_out, rows, qc);
+        auto bl = to_backend(b, lengths);
+        const vector_view<const std::int32_t, host_space> lv =
+            with_lengths ? as_const(bl.view().flat()) : vector_view<const std::int32_t, host_space>{};
+        const std::size_t prob_rows = s.batch * s.n_heads * s.seq;
+        // The generic path.
+        auto want_out = allocate<T>(b, rows, qc), want_probs = allocate<T>(b, prob_rows, s.seq);
+        causal_attention_forward(b, as_const(bq.view()), as_const(bk.view()), as_const(bv.view()), s.batch, s.n_heads,
+                                 s.n_kv_heads, want_out.view(), want_probs.view(), lv);
+        auto want_dq = allocate<T>(b, rows, qc), want_dk = allocate<T>(b, rows, kc), want_dv = allocate<T>(b, rows, kc);
+        causal_attention_backward(b, as_const(bq.view()), as_const(bk.view()), as_const(bv.view()),
+                                  as_const(want_probs.view()), as_const(bd.view()), s.batch, s.n_heads, s.n_kv_heads,
+                                  want_dq.view(), want_dk.view(), want_dv.view(), lv);
+        // The products, outputs starting as NaN (beta = 0 must overwrite them).
+        const T nan = std::numeric_limits<T>::quiet_NaN();
+        auto out = allocate_filled<T>(b, rows, qc, nan), online = allocate_filled<T>(b, rows, qc, nan);
+        auto probs = allocate_filled<T>(b, prob_rows, s.seq, nan);
+        detail::attention_forward_by_products<reference_backend, T>(
+            b, product, row_pass, as_const(bq.view()), as_const(bk.view()), as_const(bv.view()), s.batch, s.n_heads,
+            s.n_kv_heads, out.view(), probs.view(), lv);
+        detail::attention_forward_by_products<reference_backend, T>(b, product, row_pass, as_const(bq.view()),
+                                                                    as_const(bk.view()), as_const(bv.view()), s.batch,
+                                                                    s.n_heads, s.n_kv_heads, online.view(), {}, lv);
+        CHECK_THAT(to_host(b, out.view()), close_to<T>(to_host(b, want_out.view()), rtol, atol));
+        CHECK_THAT(to_host(b, online.view()), close_to<T>(to_host(b, want_out.view()), rtol, atol));
+        CHECK_THAT(to_host(b, probs.view()), close_to<T>(to_host(b, want_probs.view()), rtol, atol));
+        auto dq = allocate_filled<T>(b, rows, qc, nan), dk = allocate_filled<T>(b, rows, kc, nan),
+             dv = allocate_filled<T>(b, rows, kc, nan);
+        detail::attention_backward_by_products<reference_backend, T>(
+            b, product, row_pass, as_const(bq.view()), as_const(bk.view()), as_const(bv.view()), as_const(probs.view()),
+            as_const(bd.view()), s.batch, s.n_heads, s.n_kv_heads, dq.view(), dk.view(), dv.view(), lv);
+        CHECK_THAT(to_host(b, dq.view()), close_to<T>(to_host(b, want_dq.view()), rtol, atol));
+        CHECK_THAT(to_host(b, dk.view()), close_to<T>(to_host(b, want_dk.view()), rtol, atol));
+        CHECK_THAT(to_host(b, dv.view()), close_to<T>(to_host(b, want_dv.view()), rtol, atol));
+      }
     }
   }
 }

@@ -1,6 +1,6 @@
 // The CUDA backend on a GPU: the conformance suite (every primitive and hot-path algorithm held to the
 // reference backend, which runs the hand-written kernels), cuBLAS GEMM for every transposition and shape,
-// the token log-prob (float, double, bfloat16 logits), GAE, one-pass advantages, PPO-clip, value-loss and ranking-loss kernels and the Llama model's forward and backward against the reference on ragged, filtered, masked rows, and streams.
+// the token log-prob (float, double, bfloat16 logits), GAE, one-pass advantages, PPO-clip, value-loss, ranking-loss, RMSNorm and attention kernels and the Llama model's forward and backward against the reference on ragged, filtered, masked rows, and streams.
 // Built by nvcc whenever CUDA is found; labelled `gpu`; exits 77 (ctest: skipped) when no GPU is present.
 #include <cmath>
 #include <cstdio>
@@ -52,6 +52,8 @@ constexpr bool kernels_found = requires(const rlhf::cuda_backend& b, rlhf::matri
   rlhf_specialized_clipped_value_loss(b, cm, cm, cm, mm, w, m, d, out, out, out, out, out, out);
   rlhf_specialized_causal_attention_forward(b, cm, cm, cm, n, n, n, m, m, counts);
   rlhf_specialized_causal_attention_backward(b, cm, cm, cm, cm, cm, n, n, n, m, m, m, counts);
+  rlhf_specialized_rms_norm_forward(b, cm, cv, m, v, d);
+  rlhf_specialized_rms_norm_backward(b, cm, cv, cv, cm, m, v);
 };
 // bfloat16 logits, float outputs.
 constexpr bool bf16_kernels_found =
@@ -70,9 +72,11 @@ static_assert(rlhf::detail::k1_kl_advantages_backend<rlhf::cuda_backend, float> 
               "rlhf::kl_penalized_advantages no longer finds the CUDA one-pass kernel");
 
 template <class T>
-void conformance(const rlhf::cuda_backend& b, const char* name) {
+void conformance(const rlhf::cuda_backend& b, const char* name, std::size_t rows = 7, std::size_t cols = 33) {
   rlhf::testing::conformance_options o;
   o.name = name;
+  o.rows = rows;
+  o.cols = cols;
   const auto r = rlhf::testing::check_conformance<T>(b, o);
   std::printf("%s\n", r.summary().c_str());
   expect(r.ok(), std::string("conformance ") + name);
@@ -552,6 +556,9 @@ int main() {
   const rlhf::cuda_backend on_default_stream;
   conformance<float>(on_default_stream, "cuda (default stream), float");
   conformance<double>(on_default_stream, "cuda (default stream), double");
+  // Rows longer than a warp's share (cuda/row_groups.cuh: a block per row past 1024 elements) for RMSNorm and
+  // the attention softmax, and more than two 64-row chunks of RMSNorm's weight gradient.
+  conformance<float>(on_default_stream, "cuda (default stream), float, [130, 1100]", 130, 1100);
 
   // A non-blocking stream: nothing may rely on the legacy default stream's implicit synchronization.
   cudaStream_t stream{};

@@ -75,29 +75,56 @@ RLHF_HOST_DEVICE inline std::size_t attention_visible_keys(vector_view<const std
 
 /// Row pass of the forward, index r over the Hq * T rows of sequence bb (r = h * T + i): the scores in
 /// `p` (row stride T) become the softmax over the visible keys j < min(i + 1, n_b), exact zeros elsewhere.
+///
+/// Like the RMSNorm rows (rlhf/backends/rms_norm_rows.hpp), a row comes in parts that a group of threads
+/// can share, each over the row's elements first, first + step, ...: `partial_max`, then `partial_sum`
+/// given the row's maximum, then `write` given both. `operator()(r)` is the whole row on one thread.
 template <class T, class S>
 struct attention_softmax_rows {
   T* p;  // sequence bb's [Hq * T, T] block
   vector_view<const std::int32_t, S> lengths;
   std::size_t bb, seq;
 
-  RLHF_HOST_DEVICE void operator()(std::size_t r) const {
-    const std::size_t lim = attention_visible_keys(lengths, bb, r % seq, seq);
-    T* row = p + r * seq;
-    double m = 0.0;
-    for (std::size_t j = 0; j < lim; ++j) {
+  RLHF_HOST_DEVICE std::size_t visible(std::size_t r) const { return attention_visible_keys(lengths, bb, r % seq, seq); }
+
+  /// The largest visible score among the part's elements (-infinity when it has none).
+  RLHF_HOST_DEVICE double partial_max(std::size_t r, std::size_t first, std::size_t step) const {
+    const std::size_t lim = visible(r);
+    const T* row = p + r * seq;
+    double m = -HUGE_VAL;
+    for (std::size_t j = first; j < lim; j += step) {
       const double s = static_cast<double>(row[j]);
-      if (j == 0 || s > m) m = s;
+      if (s > m) m = s;
     }
+    return m;
+  }
+
+  /// Sum of exp(s_j - m) over the part's visible elements, m the row's largest visible score.
+  RLHF_HOST_DEVICE double partial_sum(std::size_t r, double m, std::size_t first, std::size_t step) const {
+    const std::size_t lim = visible(r);
+    const T* row = p + r * seq;
     double sum = 0.0;
-    for (std::size_t j = 0; j < lim; ++j) sum += exp(static_cast<double>(row[j]) - m);  // max subtracted
-    for (std::size_t j = 0; j < lim; ++j) row[j] = static_cast<T>(exp(static_cast<double>(row[j]) - m) / sum);
-    for (std::size_t j = lim; j < seq; ++j) row[j] = T(0);
+    for (std::size_t j = first; j < lim; j += step) sum += exp(static_cast<double>(row[j]) - m);  // max subtracted
+    return sum;
+  }
+
+  /// Writes the part's probabilities from the row's maximum and sum, and zeros past the visible keys.
+  RLHF_HOST_DEVICE void write(std::size_t r, double m, double sum, std::size_t first, std::size_t step) const {
+    const std::size_t lim = visible(r);
+    T* row = p + r * seq;
+    for (std::size_t j = first; j < seq; j += step)
+      row[j] = j < lim ? static_cast<T>(exp(static_cast<double>(row[j]) - m) / sum) : T(0);
+  }
+
+  RLHF_HOST_DEVICE void operator()(std::size_t r) const {
+    const double m = partial_max(r, 0, 1);
+    write(r, m, partial_sum(r, m, 0, 1), 0, 1);
   }
 };
 
 /// Row pass of the backward, index r as above: dS = P o (dP - D), D = sum_j P dP over the visible keys, in
-/// place over dP (row stride T); exact zeros past the visible keys.
+/// place over dP (row stride T); exact zeros past the visible keys. In parts as above: `partial_sum` of
+/// P dP, then `write` given the row's D.
 template <class T, class S>
 struct attention_softmax_backward_rows {
   const T* p;  // sequence bb's saved probabilities
@@ -105,22 +132,43 @@ struct attention_softmax_backward_rows {
   vector_view<const std::int32_t, S> lengths;
   std::size_t bb, seq;
 
-  RLHF_HOST_DEVICE void operator()(std::size_t r) const {
-    const std::size_t lim = attention_visible_keys(lengths, bb, r % seq, seq);
+  RLHF_HOST_DEVICE std::size_t visible(std::size_t r) const { return attention_visible_keys(lengths, bb, r % seq, seq); }
+
+  RLHF_HOST_DEVICE double partial_sum(std::size_t r, std::size_t first, std::size_t step) const {
+    const std::size_t lim = visible(r);
+    const T* pr = p + r * seq;
+    const T* dr = ds + r * seq;
+    double d = 0.0;
+    for (std::size_t j = first; j < lim; j += step) d += static_cast<double>(pr[j]) * static_cast<double>(dr[j]);
+    return d;
+  }
+
+  RLHF_HOST_DEVICE void write(std::size_t r, double d, std::size_t first, std::size_t step) const {
+    const std::size_t lim = visible(r);
     const T* pr = p + r * seq;
     T* dr = ds + r * seq;
-    double d = 0.0;
-    for (std::size_t j = 0; j < lim; ++j) d += static_cast<double>(pr[j]) * static_cast<double>(dr[j]);
-    for (std::size_t j = 0; j < lim; ++j)
-      dr[j] = static_cast<T>(static_cast<double>(pr[j]) * (static_cast<double>(dr[j]) - d));
-    for (std::size_t j = lim; j < seq; ++j) dr[j] = T(0);
+    for (std::size_t j = first; j < seq; j += step)
+      dr[j] = j < lim ? static_cast<T>(static_cast<double>(pr[j]) * (static_cast<double>(dr[j]) - d)) : T(0);
+  }
+
+  RLHF_HOST_DEVICE void operator()(std::size_t r) const { write(r, partial_sum(r, 0, 1), 0, 1); }
+};
+
+/// The row passes' default runner: one row per index of the backend's loop (`for_each_weighted_index`). A
+/// backend's kernel passes its own runner, called as `row_pass(backend, count, work_per_row, row_functor)`.
+struct attention_rows_by_index {
+  template <class B, class F>
+  void operator()(const B& be, std::size_t count, std::size_t work_per_row, const F& f) const {
+    for_each_weighted_index(be, count, work_per_row, f);
   }
 };
 
 /// The forward (see the file comment). `product(const strided_product<T>&)` runs one batch of products on
-/// the backend's device; `probs` may be empty (then a scratch of Hq * T * T holds each sequence's in turn).
-template <class B, class T, class Product>
-void attention_forward_by_products(const B& be, Product&& product, matrix_view<const T, typename B::memory_space> q,
+/// the backend's device, `row_pass` the softmax row passes (see attention_rows_by_index); `probs` may be empty
+/// (then a scratch of Hq * T * T holds each sequence's in turn).
+template <class B, class T, class Product, class RowPass = attention_rows_by_index>
+void attention_forward_by_products(const B& be, Product&& product, RowPass&& row_pass,
+                                   matrix_view<const T, typename B::memory_space> q,
                                    matrix_view<const T, typename B::memory_space> k,
                                    matrix_view<const T, typename B::memory_space> v, std::size_t batch,
                                    std::size_t n_heads, std::size_t n_kv_heads,
@@ -146,7 +194,7 @@ void attention_forward_by_products(const B& be, Product&& product, matrix_view<c
       sc.batch = n_kv_heads;
       product(sc);
     }
-    for_each_weighted_index(be, n_heads * seq, 3 * seq, attention_softmax_rows<T, S>{p, lengths, bb, seq});
+    row_pass(be, n_heads * seq, 3 * seq, attention_softmax_rows<T, S>{p, lengths, bb, seq});
     for (std::size_t g = 0; g < s.group; ++g) {
       // Output: C = O_h^T = V_kvh^T P_h^T.
       strided_product<T> o;
@@ -160,9 +208,11 @@ void attention_forward_by_products(const B& be, Product&& product, matrix_view<c
   }
 }
 
-/// The backward (see the file comment), with a scratch of Hq * T * T for each sequence's dP / dS in turn.
-template <class B, class T, class Product>
-void attention_backward_by_products(const B& be, Product&& product, matrix_view<const T, typename B::memory_space> q,
+/// The backward (see the file comment), with a scratch of Hq * T * T for each sequence's dP / dS in turn;
+/// `product` and `row_pass` as in the forward.
+template <class B, class T, class Product, class RowPass = attention_rows_by_index>
+void attention_backward_by_products(const B& be, Product&& product, RowPass&& row_pass,
+                                    matrix_view<const T, typename B::memory_space> q,
                                     matrix_view<const T, typename B::memory_space> k,
                                     matrix_view<const T, typename B::memory_space> v,
                                     matrix_view<const T, typename B::memory_space> probs,
@@ -192,8 +242,7 @@ void attention_backward_by_products(const B& be, Product&& product, matrix_view<
       dp.batch = n_kv_heads;
       product(dp);
     }
-    for_each_weighted_index(be, n_heads * seq, 2 * seq,
-                            attention_softmax_backward_rows<T, S>{p, ds, lengths, bb, seq});
+    row_pass(be, n_heads * seq, 2 * seq, attention_softmax_backward_rows<T, S>{p, ds, lengths, bb, seq});
     for (std::size_t g = 0; g < s.group; ++g) {
       // dQ: C = dQ_h^T = K_kvh^T dS_h^T / sqrt(hd).
       strided_product<T> dq;

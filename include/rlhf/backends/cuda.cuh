@@ -188,5 +188,6 @@ using backends::cuda_backend;
 #include "rlhf/backends/cuda/kl_penalized_advantages.cuh"
 #include "rlhf/backends/cuda/ppo_clip_loss.cuh"
 #include "rlhf/backends/cuda/ranking_loss.cuh"
+#include "rlhf/backends/cuda/rms_norm.cuh"
 #include "rlhf/backends/cuda/value_loss.cuh"
 #include "rlhf/backends/cuda/token_logprobs.cuh"

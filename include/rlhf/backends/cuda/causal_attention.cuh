@@ -6,9 +6,10 @@
 /// `rlhf_specialized_causal_attention_forward` and `_backward`; arguments validated). The algorithm is
 /// rlhf/backends/attention_products.hpp: per sequence and offset within a kv group, one
 /// `cublas{S,D}gemmStridedBatched` over the kv heads for the scores, the output and each gradient, and one
-/// row pass (a Thrust for_each on the backend's stream, one thread per row) for the softmax and its
-/// backward. On this backend the generic path ran one thread per query with scalar dot products over its
-/// keys; the products run on the tensor-core GEMMs instead. Everything is enqueued on the backend's stream.
+/// row pass for the softmax and its backward: a warp per row of up to 1024 keys, a block per longer row
+/// (cuda/row_groups.cuh, over the row functors of attention_products.hpp). On this backend the generic path
+/// ran one thread per query with scalar dot products over its keys; the products run on the tensor-core
+/// GEMMs instead. Everything is enqueued on the backend's stream.
 ///
 /// CPU reference: the generic path of rlhf/models/layers/attention.hpp. tests/backends/attention_products_test.cpp
 /// runs this algorithm on the host with a product of cuBLAS's semantics against it; the GPU test holds this
@@ -21,6 +22,7 @@
 
 #include "rlhf/backends/attention_products.hpp"
 #include "rlhf/backends/cuda.cuh"
+#include "rlhf/backends/cuda/row_groups.cuh"
 #include "rlhf/backends/view.hpp"
 
 namespace rlhf::backends {
@@ -47,10 +49,26 @@ void strided_batched_product(const cuda_backend& b, const rlhf::detail::strided_
                                        i(p.lda), l(p.stride_a), p.b, i(p.ldb), l(p.stride_b), &beta, p.c, i(p.ldc),
                                        l(p.stride_c), i(p.batch));
   }
-  rlhf::backends::detail::cublas_check(status, "rlhf::causal_attention (cuda_backend)",
-                                       std::is_same_v<T, float> ? "cublasSgemmStridedBatched"
-                                                                : "cublasDgemmStridedBatched");
+  rlhf::backends::detail::cublas_check(
+      status, "rlhf::causal_attention (cuda_backend)",
+      std::is_same_v<T, float> ? "cublasSgemmStridedBatched" : "cublasDgemmStridedBatched");
 }
+
+/// The softmax row passes as split-row kernels (cuda/row_groups.cuh): a warp per row up to 1024 keys.
+struct attention_split_rows {
+  template <class T>
+  void operator()(const cuda_backend& b, std::size_t count, std::size_t /*work_per_row*/,
+                  const rlhf::detail::attention_softmax_rows<T, cuda_space>& rows) const {
+    run_split_rows<split_row_kernel::max_sum_then_write>(b, count, rows.seq, rows,
+                                                         "rlhf::causal_attention_forward (cuda_backend)");
+  }
+  template <class T>
+  void operator()(const cuda_backend& b, std::size_t count, std::size_t /*work_per_row*/,
+                  const rlhf::detail::attention_softmax_backward_rows<T, cuda_space>& rows) const {
+    run_split_rows<split_row_kernel::sum_then_write>(b, count, rows.seq, rows,
+                                                     "rlhf::causal_attention_backward (cuda_backend)");
+  }
+};
 
 }  // namespace cuda_kernels
 
@@ -62,8 +80,8 @@ void rlhf_specialized_causal_attention_forward(const cuda_backend& b, matrix_vie
                                                matrix_view<T, cuda_space> out, matrix_view<T, cuda_space> probs,
                                                vector_view<const std::int32_t, cuda_space> lengths) {
   const auto product = [&b](const rlhf::detail::strided_product<T>& p) { cuda_kernels::strided_batched_product(b, p); };
-  rlhf::detail::attention_forward_by_products<cuda_backend, T>(b, product, q, k, v, batch, n_heads, n_kv_heads, out,
-                                                               probs, lengths);
+  rlhf::detail::attention_forward_by_products<cuda_backend, T>(b, product, cuda_kernels::attention_split_rows{}, q, k,
+                                                               v, batch, n_heads, n_kv_heads, out, probs, lengths);
 }
 
 /// rlhf::causal_attention_backward's specialization for rlhf::cuda_backend (see the file comment).
@@ -77,8 +95,9 @@ void rlhf_specialized_causal_attention_backward(const cuda_backend& b, matrix_vi
                                                 matrix_view<T, cuda_space> d_v,
                                                 vector_view<const std::int32_t, cuda_space> lengths) {
   const auto product = [&b](const rlhf::detail::strided_product<T>& p) { cuda_kernels::strided_batched_product(b, p); };
-  rlhf::detail::attention_backward_by_products<cuda_backend, T>(b, product, q, k, v, probs, d_out, batch, n_heads,
-                                                                n_kv_heads, d_q, d_k, d_v, lengths);
+  rlhf::detail::attention_backward_by_products<cuda_backend, T>(b, product, cuda_kernels::attention_split_rows{}, q, k,
+                                                                v, probs, d_out, batch, n_heads, n_kv_heads, d_q, d_k,
+                                                                d_v, lengths);
 }
 
 }  // namespace rlhf::backends

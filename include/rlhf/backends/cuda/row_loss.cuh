@@ -17,27 +17,12 @@
 #include <type_traits>
 
 #include "rlhf/backends/cuda.cuh"
+#include "rlhf/backends/cuda/row_groups.cuh"
 #include "rlhf/backends/view.hpp"
 
 namespace rlhf::backends {
 
 namespace cuda_kernels {
-
-/// The warp's sum of a struct of doubles, field by field (lane 0 ends with it).
-template <class Sums>
-__device__ inline Sums warp_sum_fields(Sums s) {
-  static_assert(std::is_trivially_copyable_v<Sums> && sizeof(Sums) % sizeof(double) == 0,
-                "warp_sum_fields: a struct of doubles");
-  constexpr unsigned n = sizeof(Sums) / sizeof(double);
-  double f[n];
-  std::memcpy(f, &s, sizeof s);
-  for (unsigned offset = warp_size / 2; offset > 0; offset /= 2) {
-#pragma unroll
-    for (unsigned k = 0; k < n; ++k) f[k] += __shfl_down_sync(full_warp, f[k], offset);
-  }
-  std::memcpy(&s, f, sizeof s);
-  return s;
-}
 
 /// The kernel (see the file comment). `Terms(a, b, c)` returns {gradient, Sums} of one valid token.
 template <class T, class Sums, class Terms, unsigned Threads>

@@ -19,11 +19,11 @@
 /// Results do not depend on the thread count (tests/backends/eigen_test.cpp).
 #pragma once
 
-#include <cmath>
 #include <cstddef>
 #include <vector>
 
 #include "rlhf/backends/eigen.hpp"
+#include "rlhf/backends/rms_norm_rows.hpp"
 #include "rlhf/backends/view.hpp"
 #include "rlhf/config.hpp"
 
@@ -43,7 +43,7 @@ void rlhf_specialized_rms_norm_forward(const eigen_backend& b, matrix_view<const
       double ss = 0.0;
       RLHF_SIMD_LOOP(reduction(+ : ss))
       for (std::size_t j = 0; j < d; ++j) ss += static_cast<double>(xr[j]) * static_cast<double>(xr[j]);
-      const T inv = static_cast<T>(1.0 / std::sqrt(ss / static_cast<double>(d) + eps));
+      const T inv = static_cast<T>(rlhf::detail::rms_norm_inverse(ss, d, eps));
       // out may be x: each element is read before it is written.
       RLHF_SIMD_LOOP()
       for (std::size_t j = 0; j < d; ++j) o[j] = w[j] * (inv * xr[j]);

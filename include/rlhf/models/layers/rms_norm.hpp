@@ -13,16 +13,17 @@
 /// The forward saves r per row (`inv_rms`) for the backward. Sums of squares and the backward's dot
 /// products are accumulated in double for float and double inputs. The product is formed in the order
 /// of llama2.c's `rmsnorm` (weight times (r times x)). The weight gradient loops over columns in parallel
-/// and over rows in order inside one column, so it is deterministic without atomics.
+/// and over rows in order inside one column, so it is deterministic without atomics. The row and column
+/// steps live in rlhf/backends/rms_norm_rows.hpp, shared with the CUDA kernels.
 #pragma once
 
-#include <cmath>
 #include <cstddef>
 #include <string_view>
 #include <type_traits>
 
 #include "rlhf/backends/checks.hpp"
 #include "rlhf/backends/concepts.hpp"
+#include "rlhf/backends/rms_norm_rows.hpp"
 #include "rlhf/backends/view.hpp"
 #include "rlhf/config.hpp"
 #include "rlhf/error.hpp"
@@ -30,70 +31,6 @@
 namespace rlhf {
 
 namespace detail {
-
-/// Forward of row r: r = 1/sqrt(mean(x^2) + eps), out = w * (r * x); saves r when `inv_rms` is given.
-template <class T, class S>
-struct rms_norm_forward_row {
-  matrix_view<const T, S> x;
-  vector_view<const T, S> weight;
-  matrix_view<T, S> out;
-  vector_view<T, S> inv_rms;
-  double eps;
-
-  RLHF_HOST_DEVICE void operator()(std::size_t r) const {
-    const std::size_t d = x.cols;
-    const T* xr = x.data + r * d;
-    T* o = out.data + r * d;
-    double ss = 0.0;
-    for (std::size_t j = 0; j < d; ++j) ss += static_cast<double>(xr[j]) * static_cast<double>(xr[j]);
-    const T inv = static_cast<T>(1.0 / sqrt(ss / static_cast<double>(d) + eps));
-    // Read x_j before writing out_j: out may alias x.
-    for (std::size_t j = 0; j < d; ++j) o[j] = weight[j] * (inv * xr[j]);
-    if (!inv_rms.empty()) inv_rms[r] = inv;
-  }
-};
-
-/// Backward of row r into d_x (may alias d_out or x: each element is read before it is written).
-template <class T, class S>
-struct rms_norm_backward_row {
-  matrix_view<const T, S> x;
-  vector_view<const T, S> weight;
-  vector_view<const T, S> inv_rms;
-  matrix_view<const T, S> d_out;
-  matrix_view<T, S> d_x;
-
-  RLHF_HOST_DEVICE void operator()(std::size_t r) const {
-    const std::size_t d = x.cols;
-    const T* xr = x.data + r * d;
-    const T* g = d_out.data + r * d;
-    T* dx = d_x.data + r * d;
-    const double inv = static_cast<double>(inv_rms[r]);
-    double dot = 0.0;  // sum_j g_j w_j x_j
-    for (std::size_t j = 0; j < d; ++j)
-      dot += static_cast<double>(g[j]) * static_cast<double>(weight[j]) * static_cast<double>(xr[j]);
-    const double c = inv * inv * dot / static_cast<double>(d);
-    for (std::size_t j = 0; j < d; ++j) {
-      dx[j] = static_cast<T>(inv * (static_cast<double>(weight[j]) * static_cast<double>(g[j]) -
-                                    static_cast<double>(xr[j]) * c));
-    }
-  }
-};
-
-/// Weight gradient of column j: d_weight[j] += sum_r d_out(r, j) * inv_rms[r] * x(r, j), rows in order.
-template <class T, class S>
-struct rms_norm_weight_grad_column {
-  matrix_view<const T, S> x;
-  vector_view<const T, S> inv_rms;
-  matrix_view<const T, S> d_out;
-  vector_view<T, S> d_weight;
-
-  RLHF_HOST_DEVICE void operator()(std::size_t j) const {
-    double acc = 0.0;
-    for (std::size_t r = 0; r < x.rows; ++r)
-      acc += static_cast<double>(d_out(r, j)) * static_cast<double>(inv_rms[r]) * static_cast<double>(x(r, j));
-    d_weight[j] = static_cast<T>(static_cast<double>(d_weight[j]) + acc);
-  }
-};
 
 template <class B, class T>
 void rms_norm_forward_generic(const B& b, backend_matrix<B, const T> x, backend_vector<B, const T> weight,
