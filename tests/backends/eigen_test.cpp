@@ -695,8 +695,9 @@ TEMPLATE_TEST_CASE("eigen rope kernels match the generic path, in place too, the
 TEMPLATE_TEST_CASE("eigen rms_norm kernels match the generic path, in place too, the same bits on 1 and 2 threads",
                    "[backends][eigen][rms_norm]", float, double) {
   // Vectorized double sums against the generic chains: the row sums reassociate, so inv_rms may differ in
-  // its last bit, which the 2048-term weight-gradient sums (with cancellation) carry to about 1e-13 in
-  // double. d_weight accumulates onto what it holds.
+  // its last bit, which the 2048-term weight-gradient sums (with cancellation, and summed in chunks of 64
+  // rows here) carry to about 1e-13 in double. d_weight accumulates onto what it holds. 2048 rows: 32
+  // chunks split across the threads.
   using T = TestType;
   static_assert(requires(const eigen_backend& b, matrix_view<const T, host_space> c, matrix_view<T, host_space> m,
                          vector_view<const T, host_space> cv, vector_view<T, host_space> v) {
@@ -732,6 +733,16 @@ TEMPLATE_TEST_CASE("eigen rms_norm kernels match the generic path, in place too,
         CHECK_THAT(fast[i], close_to<T>(gen[i], rtol, atol));
         CHECK(two[i] == fast[i]);
       }
+      // Either gradient alone (the other not wanted) is the same bits as with both.
+      const eigen_backend b(2, 1);
+      auto bx = to_backend(b, x, rows, cols), bw = to_backend(b, w, 1, cols), bd = to_backend(b, d_out, rows, cols);
+      auto inv = to_backend(b, fast[1], 1, rows), dx = allocate<T>(b, rows, cols), dw = to_backend(b, dw0, 1, cols);
+      rms_norm_backward(b, bx.view(), bw.view().flat(), inv.view().flat(), bd.view(), dx.view(),
+                        vector_view<T, host_space>{});
+      rms_norm_backward(b, bx.view(), bw.view().flat(), inv.view().flat(), bd.view(), matrix_view<T, host_space>{},
+                        dw.view().flat());
+      CHECK(to_host(b, dx.view()) == fast[2]);
+      CHECK(to_host(b, dw.view()) == fast[3]);
     }
   }
 }

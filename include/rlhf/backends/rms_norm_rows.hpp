@@ -19,7 +19,8 @@
 /// order (`rms_norm_weight_grad_column`); on a GPU that leaves D threads each walking N rows, so the CUDA
 /// backend sums fixed chunks of `rms_norm_weight_grad_chunk` rows per (chunk, column) index first and then
 /// folds the chunks of each column in order (`rms_norm_weight_grad_chunks`, `rms_norm_weight_grad_fold`).
-/// Both orders are fixed by the shape alone, so either result is deterministic; they differ by rounding.
+/// The Eigen backend's one-pass backward sums the same chunks in the same order. Both orders are fixed by
+/// the shape alone, so either result is deterministic; they differ by rounding.
 #pragma once
 
 #include <cmath>

@@ -10,15 +10,18 @@
 ///
 /// - the row sums are `RLHF_SIMD_LOOP` reductions (still in double; reassociated, so they differ from the
 ///   generic path by rounding only), rows in parallel;
-/// - the weight gradient runs rows in order over a range of columns, vectorized across the columns: every
-///   column's sum has the generic path's order and terms (the same bits), and column ranges split across
-///   threads without changing them;
-/// - the weight gradient is complete before d_x is written, as in the generic path, because d_x may be
-///   d_out or x.
+/// - the backward reads each row once for both gradients: rows go in the fixed chunks of 64 of
+///   rlhf/backends/rms_norm_rows.hpp (chunks across threads); per row, the dot product, then one loop that
+///   adds each element's weight-gradient term to the chunk's column sums and writes its d_x (d_x may be
+///   d_out or x: each element is read before it is written); then each column's chunk sums are added in
+///   chunk order. The generic path reads x and d_out
+///   twice (a column loop for the weight gradient first, then the rows); the sums here are the CUDA
+///   kernel's, in the same order, and differ from the generic path's by rounding.
 ///
 /// Results do not depend on the thread count (tests/backends/eigen_test.cpp).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <vector>
 
@@ -60,42 +63,60 @@ void rlhf_specialized_rms_norm_backward(const eigen_backend& b, matrix_view<cons
                                         matrix_view<const T, host_space> d_out, matrix_view<T, host_space> d_x,
                                         vector_view<T, host_space> d_weight) {
   const std::size_t rows = x.rows, d = x.cols;
-  if (d_weight.data != nullptr) {
-    // d_weight[j] += sum_r (g(r, j) * r_r) * x(r, j), rows in order for every column.
-    b.parallel_ranges(d, rows * d, [&](std::size_t c0, std::size_t c1) {
-      std::vector<double> acc(c1 - c0, 0.0);
-      double* a = acc.data();
-      for (std::size_t r = 0; r < rows; ++r) {
-        const T* g = d_out.data + r * d + c0;
-        const T* xr = x.data + r * d + c0;
-        const double inv = static_cast<double>(inv_rms.data[r]);
-        RLHF_SIMD_LOOP()
-        for (std::size_t j = 0; j < c1 - c0; ++j)
-          a[j] += static_cast<double>(g[j]) * inv * static_cast<double>(xr[j]);
-      }
-      for (std::size_t j = c0; j < c1; ++j)
-        d_weight.data[j] = static_cast<T>(static_cast<double>(d_weight.data[j]) + acc[j - c0]);
-    });
-  }
-  if (d_x.data == nullptr) return;
-  b.parallel_ranges(rows, rows * d, [&](std::size_t first, std::size_t last) {
+  const bool want_dw = d_weight.data != nullptr, want_dx = d_x.data != nullptr;
+  constexpr std::size_t chunk = rlhf::detail::rms_norm_weight_grad_chunk;
+  const std::size_t chunks = rlhf::detail::rms_norm_weight_grad_chunk_count(rows);
+  // partial(c, j): the weight gradient of column j over chunk c's rows, in row order.
+  std::vector<double> partial(want_dw ? chunks * d : 0);
+  b.parallel_ranges(chunks, rows * d, [&](std::size_t c0, std::size_t c1) {
     const T* w = weight.data;
-    for (std::size_t r = first; r < last; ++r) {
-      const T* xr = x.data + r * d;
-      const T* g = d_out.data + r * d;
-      T* dx = d_x.data + r * d;
-      const double inv = static_cast<double>(inv_rms.data[r]);
-      double dot = 0.0;  // sum_j g_j w_j x_j
-      RLHF_SIMD_LOOP(reduction(+ : dot))
-      for (std::size_t j = 0; j < d; ++j)
-        dot += static_cast<double>(g[j]) * static_cast<double>(w[j]) * static_cast<double>(xr[j]);
-      const double c = inv * inv * dot / static_cast<double>(d);
-      // d_x may be d_out or x: each element is read before it is written.
-      RLHF_SIMD_LOOP()
-      for (std::size_t j = 0; j < d; ++j)
-        dx[j] = static_cast<T>(inv * (static_cast<double>(w[j]) * static_cast<double>(g[j]) -
-                                      static_cast<double>(xr[j]) * c));
+    for (std::size_t c = c0; c < c1; ++c) {
+      double* __restrict part = want_dw ? partial.data() + c * d : nullptr;
+      if (want_dw) std::fill(part, part + d, 0.0);
+      for (std::size_t r = c * chunk; r < std::min(rows, (c + 1) * chunk); ++r) {
+        const T* xr = x.data + r * d;
+        const T* g = d_out.data + r * d;
+        const double inv = static_cast<double>(inv_rms.data[r]);
+        if (!want_dx) {
+          RLHF_SIMD_LOOP()
+          for (std::size_t j = 0; j < d; ++j) part[j] += static_cast<double>(g[j]) * inv * static_cast<double>(xr[j]);
+          continue;
+        }
+        double dot = 0.0;  // sum_j g_j w_j x_j
+        RLHF_SIMD_LOOP(reduction(+ : dot))
+        for (std::size_t j = 0; j < d; ++j)
+          dot += static_cast<double>(g[j]) * static_cast<double>(w[j]) * static_cast<double>(xr[j]);
+        const double cr = inv * inv * dot / static_cast<double>(d);
+        T* dx = d_x.data + r * d;
+        // d_x may be d_out or x: each element's weight-gradient term is taken before d_x is written over it.
+        if (want_dw) {
+          RLHF_SIMD_LOOP()
+          for (std::size_t j = 0; j < d; ++j) {
+            const double gj = static_cast<double>(g[j]), xj = static_cast<double>(xr[j]);
+            part[j] += gj * inv * xj;
+            dx[j] = static_cast<T>(inv * (static_cast<double>(w[j]) * gj - xj * cr));
+          }
+        } else {
+          RLHF_SIMD_LOOP()
+          for (std::size_t j = 0; j < d; ++j)
+            dx[j] = static_cast<T>(inv * (static_cast<double>(w[j]) * static_cast<double>(g[j]) -
+                                          static_cast<double>(xr[j]) * cr));
+        }
+      }
     }
+  });
+  if (!want_dw) return;
+  // d_weight[j] += the chunks' sums of column j, chunks in order; column ranges across threads.
+  b.parallel_ranges(d, chunks * d, [&](std::size_t j0, std::size_t j1) {
+    std::vector<double> acc(j1 - j0, 0.0);
+    double* __restrict a = acc.data();
+    for (std::size_t c = 0; c < chunks; ++c) {
+      const double* __restrict part = partial.data() + c * d + j0;
+      RLHF_SIMD_LOOP()
+      for (std::size_t j = 0; j < j1 - j0; ++j) a[j] += part[j];
+    }
+    for (std::size_t j = j0; j < j1; ++j)
+      d_weight.data[j] = static_cast<T>(static_cast<double>(d_weight.data[j]) + acc[j - j0]);
   });
 }
 
