@@ -1,6 +1,6 @@
 // The CUDA backend on a GPU: the conformance suite (every primitive and hot-path algorithm held to the
 // reference backend, which runs the hand-written kernels), cuBLAS GEMM for every transposition and shape,
-// the token log-prob (float, double, bfloat16 logits), GAE, one-pass advantages, PPO-clip, value-loss, ranking-loss, RMSNorm and attention kernels and the Llama model's forward and backward against the reference on ragged, filtered, masked rows, and streams.
+// the token log-prob (float, double, bfloat16 logits), GAE, one-pass advantages, PPO-clip, value-loss, ranking-loss, RMSNorm, attention and embedding-gradient kernels and the Llama model's forward and backward against the reference on ragged, filtered, masked rows, and streams.
 // Built by nvcc whenever CUDA is found; labelled `gpu`; exits 77 (ctest: skipped) when no GPU is present.
 #include <cmath>
 #include <cstdio>
@@ -54,6 +54,7 @@ constexpr bool kernels_found = requires(const rlhf::cuda_backend& b, rlhf::matri
   rlhf_specialized_causal_attention_backward(b, cm, cm, cm, cm, cm, n, n, n, m, m, m, counts);
   rlhf_specialized_rms_norm_forward(b, cm, cv, m, v, d);
   rlhf_specialized_rms_norm_backward(b, cm, cv, cv, cm, m, v);
+  rlhf_specialized_embedding_backward(b, tok, cm, m);
 };
 // bfloat16 logits, float outputs.
 constexpr bool bf16_kernels_found =

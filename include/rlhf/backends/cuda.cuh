@@ -184,6 +184,7 @@ using backends::cuda_backend;
 
 // The CUDA backend's hand-written kernels (argument-dependent lookup, see docs/backends.md).
 #include "rlhf/backends/cuda/causal_attention.cuh"
+#include "rlhf/backends/cuda/embedding_backward.cuh"
 #include "rlhf/backends/cuda/gae.cuh"
 #include "rlhf/backends/cuda/kl_penalized_advantages.cuh"
 #include "rlhf/backends/cuda/ppo_clip_loss.cuh"

@@ -13,7 +13,7 @@
 /// every backend built into the tests). Inputs are seeded random matrices with ragged masks (rows with no
 /// valid token, one, some, all) and the edge cases each algorithm has: ties and K = 2 rows in the ranking
 /// loss, clipped and unclipped PPO ratios, a row with one valid token in whitening. The reference model's
-/// layers (causal attention, RMSNorm, RoPE, SwiGLU) are checked forward and backward, in place where their
+/// layers (token embedding, causal attention, RMSNorm, RoPE, SwiGLU) are checked forward and backward, in place where their
 /// contract allows it. Specializations are not exempt: a backend's own GAE, PPO-clip or attention kernel is
 /// what runs and what is compared.
 ///
@@ -46,6 +46,7 @@
 #include "rlhf/losses/sft_loss.hpp"
 #include "rlhf/losses/value_loss.hpp"
 #include "rlhf/models/layers/attention.hpp"
+#include "rlhf/models/layers/embedding.hpp"
 #include "rlhf/models/layers/rms_norm.hpp"
 #include "rlhf/models/layers/rope.hpp"
 #include "rlhf/models/layers/swiglu.hpp"
@@ -530,6 +531,26 @@ conformance_report check_conformance(const B& b, const conformance_options& opti
                            "causal_attention_forward: probs", "causal_attention_backward: d_q",
                            "causal_attention_backward: d_k", "causal_attention_backward: d_v"};
     for (std::size_t i = 0; i < want.size(); ++i) rec.values<T>(names[i], got[i], want[i]);
+  });
+  guarded("embedding", [&] {
+    // 2R tokens over a 5-row table: every id repeats, one id (4) never occurs; the table gradient is added
+    // to what it holds.
+    const std::size_t V = 5, n_tok = 2 * R;
+    std::vector<token_type> ids(n_tok);
+    for (std::size_t i = 0; i < n_tok; ++i) ids[i] = static_cast<token_type>((i * 3) % (V - 1));
+    const auto table = cycled(V * C, in.c, 1.0), d_out = cycled(n_tok * C, in.d, 1.0), d0 = cycled(V * C, in.b2, 1.0);
+    const auto run = [&](const auto& be) {
+      using BE = std::decay_t<decltype(be)>;
+      auto bi = upload(be, ids, n_tok, 1);  // its own declaration: nvcc rejects one `auto` of several types
+      auto bt = upload(be, table, V, C), bd = upload(be, d_out, n_tok, C), dt = upload(be, d0, V, C);
+      auto out = allocate<T>(be, n_tok, C);
+      embedding_forward<BE, T>(be, as_const(bt.view()), as_const(bi.view().flat()), out.view());
+      embedding_backward<BE, T>(be, as_const(bi.view().flat()), as_const(bd.view()), dt.view());
+      return std::vector<std::vector<T>>{to_host(be, out.view()), to_host(be, dt.view())};
+    };
+    const auto got = run(b), want = run(ref);
+    rec.values<T>("embedding_forward: out", got[0], want[0]);
+    rec.values<T>("embedding_backward: d_table (accumulated, repeated ids)", got[1], want[1]);
   });
   guarded("rms_norm", [&] {
     const auto w = cycled(C, in.d, 1.0), dw0 = cycled(C, in.c, 1.0);
