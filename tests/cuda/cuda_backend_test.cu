@@ -1,6 +1,6 @@
 // The CUDA backend on a GPU: the conformance suite (every primitive and hot-path algorithm held to the
 // reference backend, which runs the hand-written kernels), cuBLAS GEMM for every transposition and shape,
-// the token log-prob (float, double, bfloat16 logits), GAE, one-pass advantages, PPO-clip, value-loss, ranking-loss, RMSNorm, attention and embedding-gradient kernels and the Llama model's forward and backward against the reference on ragged, filtered, masked rows, and streams.
+// the token log-prob (float, double, bfloat16 logits), GAE, one-pass advantages, PPO-clip, value-loss, ranking-loss, RMSNorm, attention (training and decode) and embedding-gradient kernels and the Llama model's forward and backward against the reference on ragged, filtered, masked rows, and streams.
 // Built by nvcc whenever CUDA is found; labelled `gpu`; exits 77 (ctest: skipped) when no GPU is present.
 #include <cmath>
 #include <cstdio>
@@ -55,6 +55,7 @@ constexpr bool kernels_found = requires(const rlhf::cuda_backend& b, rlhf::matri
   rlhf_specialized_rms_norm_forward(b, cm, cv, m, v, d);
   rlhf_specialized_rms_norm_backward(b, cm, cv, cv, cm, m, v);
   rlhf_specialized_embedding_backward(b, tok, cm, m);
+  rlhf_specialized_causal_attention_decode(b, rlhf::detail::decode_attention_rows<T, rlhf::cuda_space>{});
 };
 // bfloat16 logits, float outputs.
 constexpr bool bf16_kernels_found =
@@ -488,6 +489,37 @@ void value_loss_matches_reference(const rlhf::cuda_backend& b) {
   }
 }
 
+// The decode attention over a key/value cache (a warp per (row, head), a block past 1024 cached keys) against
+// the reference backend: rows at the first position, in the middle and at the end of the cache.
+template <class T>
+void decode_matches_reference(const rlhf::cuda_backend& b) {
+  const rlhf::reference_backend ref;
+  std::mt19937_64 g(17);
+  std::normal_distribution<double> nd;
+  for (const std::size_t seq : {std::size_t{40}, std::size_t{1500}}) {
+    const std::size_t rows = 3, hq = 8, hkv = 2, hd = 64;
+    const std::vector<std::int32_t> positions{0, static_cast<std::int32_t>(seq / 2), static_cast<std::int32_t>(seq - 1)};
+    std::vector<T> q(rows * hq * hd), k(rows * seq * hkv * hd), v(rows * seq * hkv * hd);
+    for (auto* vec : {&q, &k, &v})
+      for (auto& x : *vec) x = static_cast<T>(nd(g));
+    auto dq = rlhf::to_backend(b, q, rows, hq * hd), dk = rlhf::to_backend(b, k, rows * seq, hkv * hd);
+    auto dv = rlhf::to_backend(b, v, rows * seq, hkv * hd);
+    auto dp = rlhf::to_backend(b, positions);
+    auto scores = rlhf::allocate<T>(b, rows * hq, seq), out = rlhf::allocate<T>(b, rows, hq * hd);
+    rlhf::causal_attention_decode(b, rlhf::as_const(dq.view()), rlhf::as_const(dk.view()), rlhf::as_const(dv.view()),
+                                  rlhf::as_const(dp.view().flat()), seq, hq, hkv, scores.view(), out.view());
+    std::vector<T> want_scores(rows * hq * seq), want(rows * hq * hd);
+    rlhf::causal_attention_decode(ref, rlhf::make_matrix_view(std::as_const(q).data(), rows, hq * hd),
+                                  rlhf::make_matrix_view(std::as_const(k).data(), rows * seq, hkv * hd),
+                                  rlhf::make_matrix_view(std::as_const(v).data(), rows * seq, hkv * hd),
+                                  rlhf::make_vector_view(positions.data(), rows), seq, hq, hkv,
+                                  rlhf::make_matrix_view(want_scores.data(), rows * hq, seq),
+                                  rlhf::make_matrix_view(want.data(), rows, hq * hd));
+    const double tol = std::is_same_v<T, float> ? 1e-4 : 1e-10;
+    check_close(rlhf::to_host(b, out.view()), want, tol, tol, "causal_attention_decode, cache of " + std::to_string(seq));
+  }
+}
+
 // The reference model's layers (embedding, RMSNorm, RoPE, grouped-query attention (the cuBLAS products of
 // cuda/causal_attention.cuh), SwiGLU, the LM head) run on the GPU: log-probs, entropy and every
 // parameter's gradient match the reference backend. (The conformance suite above checks the attention
@@ -585,6 +617,8 @@ int main() {
     value_loss_matches_reference<double>(on_stream);
     llama_matches_reference<float>(on_stream);
     llama_matches_reference<double>(on_stream);
+    decode_matches_reference<float>(on_stream);
+    decode_matches_reference<double>(on_stream);
     on_stream.synchronize();
   }
   cudaStreamDestroy(stream);

@@ -1,5 +1,5 @@
 // The method's three steps on the CUDA backend against the reference backend, from the same initial
-// parameters: an SFT step (response-only loss), a reward-model step on K = 4 rankings (all C(4,2) pairs of a
+// parameters: SFT steps (response-only loss), greedy KV-cache generation, a reward-model step on K = 4 rankings (all C(4,2) pairs of a
 // prompt), the reward model's bias normalization on demonstrations, and PPO iterations on a fixed rollout
 // (KL-penalized rewards, GAE, whitening, PPO-clip, the clipped value loss, on the one-pass advantages
 // kernel). Each step's statistics agree, and so does every parameter after it: the trainers, the Llama
@@ -87,6 +87,16 @@ void pipeline(const rlhf::cuda_backend& b) {
       expect(got.tokens == want.tokens, "sft tokens" + type);
     }
     same_parameters(b, policy, ref_policy, 10 * tol, "sft" + type);
+  }
+
+  // Greedy generation with the key/value cache (the decode attention kernel) continues the prompts as the
+  // reference backend does (a tie broken differently by rounding would show here; the logits of this model
+  // are far from ties).
+  {
+    const std::vector<std::vector<rlhf::token_type>> prompts{{1, 2}, {1, 8, 9}, {1}};
+    const auto got = policy.generate(b, prompts, 6, rlhf::sampling_options::greedy());
+    const auto want = ref_policy.generate(ref, prompts, 6, rlhf::sampling_options::greedy());
+    expect(got == want, "greedy generation with the KV cache" + type);
   }
 
   // 2. Reward model from the SFT policy: a step on K = 4 rankings (a tie included), then the bias that

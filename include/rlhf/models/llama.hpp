@@ -109,15 +109,6 @@ struct llama_shift_from_tokens {
   }
 };
 
-
-// Counts positions outside [0, limit).
-struct llama_count_bad_positions {
-  std::size_t limit = 0;
-  RLHF_HOST_DEVICE std::size_t operator()(std::int32_t p) const {
-    return (p < 0 || static_cast<std::size_t>(p) >= limit) ? std::size_t(1) : std::size_t(0);
-  }
-};
-
 // Writes the new key and value of row r at its position: cache row r * seq_len + positions[r].
 template <class T, class S>
 struct llama_cache_store {
@@ -130,52 +121,6 @@ struct llama_cache_store {
     const std::size_t row = r * seq_len + static_cast<std::size_t>(positions[r]);
     k_cache(row, c) = k(r, c);
     v_cache(row, c) = v(r, c);
-  }
-};
-
-// Attention of one new query per row over the cached keys 0..positions[r] (Vaswani et al. 2017, eq. 1,
-// with the causal mask implicit: only past and current keys are cached). One index per (row, head);
-// the scores go to a [B * Hq, seq_len] scratch row; max-subtracted softmax; dot products and sums in
-// double, as the full-sequence attention does.
-template <class T, class S>
-struct llama_decode_attention {
-  matrix_view<const T, S> q;                    // [B, Hq * hd]
-  matrix_view<const T, S> k_cache, v_cache;     // [B * seq_len, Hkv * hd]
-  vector_view<const std::int32_t, S> positions; // [B]
-  matrix_view<T, S> scores;                     // [B * Hq, seq_len] scratch
-  matrix_view<T, S> out;                        // [B, Hq * hd]
-  std::size_t seq_len, n_heads, group, head_dim;
-  double scale;
-
-  RLHF_HOST_DEVICE void operator()(std::size_t idx) const {
-    const std::size_t r = idx / n_heads, h = idx - r * n_heads;
-    const std::size_t qc = h * head_dim, kc = (h / group) * head_dim;
-    const std::size_t n = static_cast<std::size_t>(positions[r]) + 1;
-    const T* qrow = q.data + r * q.cols + qc;
-    T* s = scores.data + idx * scores.cols;
-    double mx = -1e300;
-    for (std::size_t t = 0; t < n; ++t) {
-      const T* krow = k_cache.data + (r * seq_len + t) * k_cache.cols + kc;
-      double dot = 0.0;
-      for (std::size_t i = 0; i < head_dim; ++i) dot += static_cast<double>(qrow[i]) * static_cast<double>(krow[i]);
-      const double sc = dot * scale;
-      s[t] = static_cast<T>(sc);
-      mx = sc > mx ? sc : mx;
-    }
-    double sum = 0.0;
-    for (std::size_t t = 0; t < n; ++t) {
-      const double e = std::exp(static_cast<double>(s[t]) - mx);
-      s[t] = static_cast<T>(e);
-      sum += e;
-    }
-    T* orow = out.data + r * out.cols + qc;
-    for (std::size_t i = 0; i < head_dim; ++i) {
-      double acc = 0.0;
-      for (std::size_t t = 0; t < n; ++t) {
-        acc += static_cast<double>(s[t]) * static_cast<double>(v_cache.data[(r * seq_len + t) * v_cache.cols + kc + i]);
-      }
-      orow[i] = static_cast<T>(acc / sum);
-    }
   }
 };
 
@@ -752,7 +697,7 @@ class llama_model {
     detail::check_shape(fn, "logits", logits, R, c.vocab_size, "([batch, vocab_size])");
     check_tokens(b, fn, tokens);
     const std::size_t bad =
-        b.transform_reduce(std::size_t(0), detail::add_sizes{}, detail::llama_count_bad_positions{c.seq_len}, positions);
+        b.transform_reduce(std::size_t(0), detail::add_sizes{}, detail::decode_count_bad_positions{c.seq_len}, positions);
     if (bad != 0) {
       detail::throw_argument_error(fn, "positions", "positions in [0, seq_len = " + std::to_string(c.seq_len) + ")",
                                    std::to_string(bad) + " outside");
@@ -772,11 +717,9 @@ class llama_model {
       auto kc = cache.keys(l), vc = cache.values(l);
       b.for_each_index(R * c.kv_dim(), detail::llama_cache_store<T, S>{as_const(k), as_const(v), positions, kc, vc,
                                                                       c.seq_len});
-      b.for_each_index(R * c.n_heads,
-                       detail::llama_decode_attention<T, S>{as_const(q), as_const(kc), as_const(vc), positions,
-                                                            cache.scores_.view(), att, c.seq_len, c.n_heads,
-                                                            c.n_heads / c.n_kv_heads, c.head_dim(),
-                                                            1.0 / std::sqrt(static_cast<double>(c.head_dim()))});
+      // positions were checked once above, for every layer.
+      detail::causal_attention_decode_dispatch<B, T>(b, as_const(q), as_const(kc), as_const(vc), positions, c.seq_len,
+                                                     c.n_heads, c.n_kv_heads, cache.scores_.view(), att);
       linear_forward(b, as_const(att), layer(l, 4), xb);
       b.transform(x.flat(), detail::llama_add{}, as_const(x).flat(), as_const(xb).flat());
       rms_norm_forward(b, as_const(x), layer(l, 5).flat(), xb, no_inv_rms, c.norm_eps);

@@ -13,9 +13,9 @@
 /// every backend built into the tests). Inputs are seeded random matrices with ragged masks (rows with no
 /// valid token, one, some, all) and the edge cases each algorithm has: ties and K = 2 rows in the ranking
 /// loss, clipped and unclipped PPO ratios, a row with one valid token in whitening. The reference model's
-/// layers (token embedding, causal attention, RMSNorm, RoPE, SwiGLU) are checked forward and backward, in place where their
-/// contract allows it. Specializations are not exempt: a backend's own GAE, PPO-clip or attention kernel is
-/// what runs and what is compared.
+/// layers (token embedding, causal attention and its decode over a key/value cache, RMSNorm, RoPE, SwiGLU)
+/// are checked forward and backward, in place where their contract allows it. Specializations are not
+/// exempt: a backend's own GAE, PPO-clip or attention kernel is what runs and what is compared.
 ///
 /// Tolerances are relative + absolute per element type (float 1e-4 / 1e-5, double 1e-10 / 1e-12): a
 /// backend may reorder sums, not change results.
@@ -551,6 +551,25 @@ conformance_report check_conformance(const B& b, const conformance_options& opti
     const auto got = run(b), want = run(ref);
     rec.values<T>("embedding_forward: out", got[0], want[0]);
     rec.values<T>("embedding_backward: d_table (accumulated, repeated ids)", got[1], want[1]);
+  });
+  guarded("causal_attention_decode", [&] {
+    // 3 rows at positions 0, about half and the last of a cache of C positions; 4 query heads over 2 kv heads.
+    const std::size_t rows = 3, seq = C, Hq = 4, Hkv = 2, hd = 4;
+    const std::vector<std::int32_t> positions{0, static_cast<std::int32_t>(seq / 2),
+                                              static_cast<std::int32_t>(seq - 1)};
+    const auto q = cycled(rows * Hq * hd, in.a, 1.0), k = cycled(rows * seq * Hkv * hd, in.b2, 1.0);
+    const auto v = cycled(rows * seq * Hkv * hd, in.c, 1.0);
+    const auto run = [&](const auto& be) {
+      using BE = std::decay_t<decltype(be)>;
+      auto bp = upload(be, positions, rows, 1);  // its own declaration: nvcc rejects one `auto` of several types
+      auto bq = upload(be, q, rows, Hq * hd), bk = upload(be, k, rows * seq, Hkv * hd);
+      auto bv = upload(be, v, rows * seq, Hkv * hd);
+      auto scores = allocate<T>(be, rows * Hq, seq), out = allocate<T>(be, rows, Hq * hd);
+      causal_attention_decode<BE, T>(be, as_const(bq.view()), as_const(bk.view()), as_const(bv.view()),
+                                     as_const(bp.view().flat()), seq, Hq, Hkv, scores.view(), out.view());
+      return to_host(be, out.view());
+    };
+    rec.values<T>("causal_attention_decode: out", run(b), run(ref));
   });
   guarded("rms_norm", [&] {
     const auto w = cycled(C, in.d, 1.0), dw0 = cycled(C, in.c, 1.0);

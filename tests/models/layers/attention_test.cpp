@@ -1,6 +1,7 @@
 // rlhf::causal_attention_forward / causal_attention_backward: hand-computed two-token cases (with and
 // without grouped-query heads), a naive host oracle over random ragged batches, the online-softmax path
-// (no probs), finite differences of all three gradients, large scores, and argument errors.
+// (no probs), finite differences of all three gradients, large scores, and argument errors; the decode
+// attention over a key/value cache against the last row of the full attention, and its argument errors.
 #include "test_support.hpp"
 
 #include <cmath>
@@ -340,4 +341,70 @@ TEMPLATE_LIST_TEST_CASE("attention: parallel loops give the serial bits",
   };
   const auto got = run(b), want = run(ref);
   for (std::size_t i = 0; i < want.size(); ++i) CHECK(got[i] == want[i]);
+}
+
+TEMPLATE_LIST_TEST_CASE("causal_attention_decode: each row is the last row of the full attention over its prefix",
+                        "[models][layers][attention][decode]", all_configs) {
+  using T = typename TestType::value;
+  const auto b = TestType::make();
+  auto g = rng(515);
+  // 3 rows at positions 0, 4 and 6 of a 7-key cache; 4 query heads sharing 2 kv heads of 3 elements.
+  const std::size_t rows = 3, seq = 7, hq = 4, hkv = 2, hd = 3;
+  const std::vector<std::int32_t> positions{0, 4, 6};
+  const auto q = normal<T>(g, rows * hq * hd), k = normal<T>(g, rows * seq * hkv * hd);
+  const auto v = normal<T>(g, rows * seq * hkv * hd);
+  auto bq = to_backend(b, q, rows, hq * hd), bk = to_backend(b, k, rows * seq, hkv * hd);
+  auto bv = to_backend(b, v, rows * seq, hkv * hd);
+  auto bp = to_backend(b, positions);
+  auto scores = allocate<T>(b, rows * hq, seq), out = allocate<T>(b, rows, hq * hd);
+  causal_attention_decode(b, as_const(bq.view()), as_const(bk.view()), as_const(bv.view()),
+                          as_const(bp.view().flat()), seq, hq, hkv, scores.view(), out.view());
+  const auto got = to_host(b, out.view());
+  for (std::size_t r = 0; r < rows; ++r) {
+    // The full attention over the row's prefix of p + 1 tokens, with the row's query at its last position.
+    const std::size_t n = static_cast<std::size_t>(positions[r]) + 1;
+    std::vector<T> fq(n * hq * hd, T(0)), fk(k.begin() + r * seq * hkv * hd, k.begin() + (r * seq + n) * hkv * hd);
+    std::vector<T> fv(v.begin() + r * seq * hkv * hd, v.begin() + (r * seq + n) * hkv * hd);
+    std::copy(q.begin() + r * hq * hd, q.begin() + (r + 1) * hq * hd, fq.begin() + (n - 1) * hq * hd);
+    auto cq = to_backend(b, fq, n, hq * hd), ck = to_backend(b, fk, n, hkv * hd), cv = to_backend(b, fv, n, hkv * hd);
+    auto full = allocate<T>(b, n, hq * hd);
+    causal_attention_forward(b, as_const(cq.view()), as_const(ck.view()), as_const(cv.view()), 1, hq, hkv,
+                             full.view(), matrix_view<T, typename decltype(b)::memory_space>{});
+    const auto all = to_host(b, full.view());
+    const std::vector<T> want(all.end() - static_cast<std::ptrdiff_t>(hq * hd), all.end());
+    const std::vector<T> row(got.begin() + r * hq * hd, got.begin() + (r + 1) * hq * hd);
+    INFO("row " << r << " at position " << positions[r]);
+    CHECK_THAT(row, close_to<T>(want, att_rtol<T>, att_atol<T>));
+  }
+}
+
+TEMPLATE_LIST_TEST_CASE("causal_attention_decode: argument errors name the function and the argument",
+                        "[models][layers][attention][decode][errors]", all_configs) {
+  using T = typename TestType::value;
+  const auto b = TestType::make();
+  // 2 rows, a cache of 3 positions, Hq 4, Hkv 2, hd 2.
+  auto q = allocate_filled<T>(b, 2, 8, T(0));
+  auto kc = allocate_filled<T>(b, 6, 4, T(0)), vc = allocate_filled<T>(b, 6, 4, T(0));
+  auto scores = allocate<T>(b, 8, 3), out = allocate<T>(b, 2, 8);
+  auto pos = to_backend(b, std::vector<std::int32_t>{2, 0});
+  const auto call = [&](auto p, std::size_t seq, std::size_t hkv, auto k_view, auto s_view) {
+    causal_attention_decode(b, as_const(q.view()), as_const(k_view), as_const(vc.view()), as_const(p), seq, 4, hkv,
+                            s_view, out.view());
+  };
+  call(pos.view().flat(), 3, 2, kc.view(), scores.view());  // fine
+  const char* fn = "rlhf::causal_attention_decode";
+  auto far = to_backend(b, std::vector<std::int32_t>{3, 0});
+  CHECK_THROWS_WITH(call(far.view().flat(), 3, 2, kc.view(), scores.view()),
+                    Contains(fn) && Contains("'positions'") && Contains("[0, seq_len = 3)") && Contains("1 outside"));
+  auto negative = to_backend(b, std::vector<std::int32_t>{-1, 0});
+  CHECK_THROWS_WITH(call(negative.view().flat(), 3, 2, kc.view(), scores.view()), Contains("'positions'"));
+  CHECK_THROWS_WITH(call(pos.view().flat(), 3, 3, kc.view(), scores.view()),
+                    Contains(fn) && Contains("'n_kv_heads'") && Contains("received 3"));
+  auto short_cache = allocate_filled<T>(b, 4, 4, T(0));
+  CHECK_THROWS_WITH(call(pos.view().flat(), 3, 2, short_cache.view(), scores.view()),
+                    Contains(fn) && Contains("'k_cache'"));
+  auto small_scores = allocate<T>(b, 8, 2);
+  CHECK_THROWS_WITH(call(pos.view().flat(), 3, 2, kc.view(), small_scores.view()),
+                    Contains(fn) && Contains("'scores'"));
+  CHECK_THROWS_WITH(call(pos.view().flat(), 0, 2, kc.view(), scores.view()), Contains(fn) && Contains("'seq_len'"));
 }

@@ -1,6 +1,7 @@
 /// @file causal_attention.cuh
 /// @brief The CUDA backend's causal grouped-query attention: cuBLAS strided-batched products with the
-///        softmax row passes between them.
+///        softmax row passes between them; and the decode attention over a key/value cache, a warp per
+///        (row, head).
 ///
 /// Same contract as rlhf::causal_attention_forward / _backward (found by argument-dependent lookup as
 /// `rlhf_specialized_causal_attention_forward` and `_backward`; arguments validated). The algorithm is
@@ -23,6 +24,7 @@
 #include "rlhf/backends/attention_products.hpp"
 #include "rlhf/backends/cuda.cuh"
 #include "rlhf/backends/cuda/row_groups.cuh"
+#include "rlhf/backends/decode_attention_rows.hpp"
 #include "rlhf/backends/view.hpp"
 
 namespace rlhf::backends {
@@ -98,6 +100,17 @@ void rlhf_specialized_causal_attention_backward(const cuda_backend& b, matrix_vi
   rlhf::detail::attention_backward_by_products<cuda_backend, T>(b, product, cuda_kernels::attention_split_rows{}, q, k,
                                                                 v, probs, d_out, batch, n_heads, n_kv_heads, d_q, d_k,
                                                                 d_v, lengths);
+}
+
+/// rlhf::causal_attention_decode's specialization for rlhf::cuda_backend: a warp per (row, query head) pair
+/// (a block when the cache holds more than 1024 keys per row; cuda/row_groups.cuh). The lanes split the
+/// cached keys for the scores and their exponentials, then the head's columns for the output (coalesced
+/// reads of the value rows). The generic path ran one thread per pair, B * Hq threads in all.
+template <class T>
+void rlhf_specialized_causal_attention_decode(const cuda_backend& b,
+                                              const rlhf::detail::decode_attention_rows<T, cuda_space>& rows) {
+  cuda_kernels::run_split_rows<cuda_kernels::split_row_kernel::max_sum_then_write>(
+      b, rows.q.rows * rows.n_heads, rows.seq_len, rows, "rlhf::causal_attention_decode (cuda_backend)");
 }
 
 }  // namespace rlhf::backends

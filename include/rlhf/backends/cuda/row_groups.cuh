@@ -49,12 +49,16 @@ __device__ inline Sums warp_sum_fields(Sums s) {
 /// in each round a lane combines its value with the value of the lane `offset` away, so the two lanes form
 /// the same result (both operations used here are commutative) and after five rounds every lane holds the
 /// same bits. A block group then stores each warp's result and every thread combines them in warp order.
+/// Either way the call is also a barrier of the group: what its threads wrote to memory before it, every
+/// thread of the group sees after it (`__syncwarp` / `__syncthreads`), which the decode attention's output
+/// pass relies on (it reads every key's exponential).
 template <unsigned Group, unsigned Block, class Combine>
 __device__ inline double group_reduce(double v, Combine combine) {
   static_assert(Group == warp_size || (Group == Block && Block % warp_size == 0 && Block <= warp_size * warp_size),
                 "group_reduce: a warp, or a block of whole warps (at most 32)");
   for (unsigned offset = warp_size / 2; offset > 0; offset /= 2) v = combine(v, __shfl_xor_sync(full_warp, v, offset));
   if constexpr (Group == warp_size) {
+    __syncwarp();  // memory written by the lanes before the call is visible to every lane after it
     return v;
   } else {
     constexpr unsigned warps = Block / warp_size;

@@ -37,6 +37,7 @@
 
 #include "rlhf/backends/checks.hpp"
 #include "rlhf/backends/concepts.hpp"
+#include "rlhf/backends/decode_attention_rows.hpp"
 #include "rlhf/backends/view.hpp"
 #include "rlhf/config.hpp"
 #include "rlhf/error.hpp"
@@ -313,6 +314,26 @@ attention_dims attention_check(const B& b, std::string_view fn, matrix_view<cons
   return dims;
 }
 
+/// The decode attention without argument checks (rlhf::causal_attention_decode checks them; a decode step
+/// that checks its positions once for every layer calls this): the backend's kernel, or one thread per
+/// (row, head) pair.
+template <class B, class T>
+void causal_attention_decode_dispatch(const B& b, backend_matrix<B, const T> q, backend_matrix<B, const T> k_cache,
+                                      backend_matrix<B, const T> v_cache,
+                                      backend_vector<B, const std::int32_t> positions, std::size_t seq_len,
+                                      std::size_t n_heads, std::size_t n_kv_heads, backend_matrix<B, T> scores,
+                                      backend_matrix<B, T> out) {
+  if (q.rows == 0) return;
+  const std::size_t hd = q.cols / n_heads;
+  const decode_attention_rows<T, typename B::memory_space> rows{
+      q, k_cache, v_cache, positions, scores, out, seq_len, n_heads, n_heads / n_kv_heads, hd,
+      1.0 / std::sqrt(static_cast<double>(hd))};
+  if constexpr (requires { rlhf_specialized_causal_attention_decode(b, rows); })
+    rlhf_specialized_causal_attention_decode(b, rows);
+  else
+    b.for_each_index(q.rows * n_heads, rows);
+}
+
 }  // namespace detail
 
 /// Causal grouped-query attention, forward: for every sequence b, query head h and query position i,
@@ -415,6 +436,61 @@ void causal_attention_backward(const B& b, std::type_identity_t<backend_matrix<B
                                                lengths);
   else
     detail::causal_attention_backward_generic<B, T>(b, q, k, v, probs, d_out, dims, d_q, d_k, d_v, lengths);
+}
+
+/// Attention of one new query per sequence over its key/value cache (incremental decoding): for row r at
+/// position p = positions[r] and query head h, `out(r, h) = sum_t softmax_t(q(r, h) . k_t / sqrt(hd)) v_t`
+/// over the cached keys t = 0..p (the causal mask is implicit). The last row of rlhf::causal_attention_forward
+/// over the same p + 1 tokens, one row per sequence (rlhf/backends/decode_attention_rows.hpp).
+///
+/// @tparam B a reduce_backend (for_each_index; transform_reduce validates `positions`).
+/// @tparam T float or double, deduced from `out`.
+/// @param b the backend.
+/// @param q [B, Hq*hd] the new queries (after rotary embedding).
+/// @param k_cache [B*seq_len, Hkv*hd] cached keys: row r's position t at row r * seq_len + t (written up to p).
+/// @param v_cache [B*seq_len, Hkv*hd] cached values, likewise.
+/// @param positions [B] each row's position, in [0, seq_len).
+/// @param seq_len the cache's length per row; > 0.
+/// @param n_heads Hq; hd = columns of q / Hq.
+/// @param n_kv_heads Hkv; divides Hq.
+/// @param scores [B*Hq, seq_len] scratch (overwritten).
+/// @param out out [B, Hq*hd].
+/// @note Throws rlhf::invalid_argument on a shape mismatch or a position outside [0, seq_len).
+template <class B, class T>
+void causal_attention_decode(const B& b, std::type_identity_t<backend_matrix<B, const T>> q,
+                             std::type_identity_t<backend_matrix<B, const T>> k_cache,
+                             std::type_identity_t<backend_matrix<B, const T>> v_cache,
+                             backend_vector<B, const std::int32_t> positions, std::size_t seq_len,
+                             std::size_t n_heads, std::size_t n_kv_heads,
+                             std::type_identity_t<backend_matrix<B, T>> scores, backend_matrix<B, T> out) {
+  detail::check_reduce_backend<B>();
+  constexpr std::string_view fn = "rlhf::causal_attention_decode";
+  static_assert(std::is_floating_point_v<T>, "rlhf::causal_attention_decode: T must be float or double");
+  using detail::throw_argument_error;
+  if (seq_len == 0) throw_argument_error(fn, "seq_len", "a value > 0", "0");
+  if (n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0) {
+    throw_argument_error(fn, "n_kv_heads", "a positive divisor of 'n_heads' (" + std::to_string(n_heads) + ")",
+                         std::to_string(n_kv_heads));
+  }
+  if (q.cols == 0 || q.cols % n_heads != 0) {
+    throw_argument_error(fn, "q", "a positive multiple of 'n_heads' (" + std::to_string(n_heads) + ") columns",
+                         shape_string(q));
+  }
+  const std::size_t hd = q.cols / n_heads;
+  detail::check_shape(fn, "k_cache", k_cache, q.rows * seq_len, n_kv_heads * hd,
+                      "(rows of 'q' times 'seq_len', n_kv_heads * head_dim)");
+  detail::check_same_shape(fn, "v_cache", v_cache, "k_cache", k_cache);
+  detail::check_size(fn, "positions", positions, q.rows, "(one per row of 'q')");
+  detail::check_shape(fn, "scores", scores, q.rows * n_heads, seq_len, "(rows of 'q' times 'n_heads', 'seq_len')");
+  detail::check_same_shape(fn, "out", out, "q", q);
+  const std::size_t bad =
+      b.transform_reduce(std::size_t(0), detail::add_sizes{}, detail::decode_count_bad_positions{seq_len}, positions);
+  if (bad != 0) {
+    throw_argument_error(fn, "positions", "values in [0, seq_len = " + std::to_string(seq_len) + ")",
+                         std::to_string(bad) + " outside");
+  }
+  detail::causal_attention_decode_dispatch<B, T>(b, q, k_cache, v_cache, positions, seq_len, n_heads, n_kv_heads,
+                                                 scores, out);
 }
 
 }  // namespace rlhf
