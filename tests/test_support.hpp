@@ -107,6 +107,17 @@ using double_configs = std::tuple<config<rlhf::reference_backend, double>
 #endif
                                   >;
 
+#if RLHF_TEST_HAS_THRUST
+/// The Thrust backend on its serial system and, with OpenMP, its OpenMP system, in double and float: the
+/// Thrust-specific tests (tests/backends/thrust_*_test.cpp).
+using thrust_configs = std::tuple<config<rlhf::thrust_cpp_backend, double>, config<rlhf::thrust_cpp_backend, float>
+#if RLHF_TEST_HAS_THRUST_OMP
+                                  ,
+                                  config<rlhf::thrust_omp_backend, double>, config<rlhf::thrust_omp_backend, float>
+#endif
+                                  >;
+#endif
+
 /// Every backend once, float and double both represented: the trainer tests (tests/train/), whose bodies
 /// compile the whole model and trainer per configuration, run over these rather than all_configs. Their
 /// arithmetic is the layers below, which run every configuration; here the trainers' own logic meets

@@ -15,17 +15,6 @@
 using namespace rlhf;
 using namespace rlhf::test;
 
-namespace {
-
-using thrust_configs = std::tuple<config<thrust_cpp_backend, double>, config<thrust_cpp_backend, float>
-#if RLHF_TEST_HAS_THRUST_OMP
-                                  ,
-                                  config<thrust_omp_backend, double>, config<thrust_omp_backend, float>
-#endif
-                                  >;
-
-}  // namespace
-
 TEMPLATE_LIST_TEST_CASE("thrust embedding_backward_by_runs: hand-computed", "[backends][thrust][embedding]",
                         thrust_configs) {
   using T = typename TestType::value;

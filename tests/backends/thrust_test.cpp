@@ -18,13 +18,6 @@ using namespace rlhf::test;
 
 namespace {
 
-using thrust_configs = std::tuple<config<thrust_cpp_backend, double>, config<thrust_cpp_backend, float>
-#if RLHF_TEST_HAS_THRUST_OMP
-                                  ,
-                                  config<thrust_omp_backend, double>, config<thrust_omp_backend, float>
-#endif
-                                  >;
-
 struct plus_op {
   template <class T>
   RLHF_HOST_DEVICE T operator()(T a, T b) const { return a + b; }
