@@ -120,6 +120,38 @@ void gemm_matches_reference(const rlhf::cuda_backend& b) {
   expect(rlhf::to_host(b, dc.view()) == std::vector<T>(4, T(6)), "gemm with beta = 0 over NaN");
 }
 
+// TF32 tensor-core products (set_tf32): float GEMMs within TF32's rounding (10-bit mantissa inputs) of the
+// exact product, the setting shared by copies and undone by set_tf32(false).
+void tf32_gemm(cudaStream_t stream) {
+  const rlhf::cuda_backend b(stream);
+  expect(!b.tf32(), "TF32 is off by default");
+  const rlhf::cuda_backend copy = b;
+  b.set_tf32(true);
+  expect(copy.tf32(), "set_tf32 reaches the backend's copies (one cuBLAS handle)");
+  std::mt19937_64 g(12);
+  std::uniform_real_distribution<double> u(-1, 1);
+  const std::size_t m = 128, k = 256, n = 96;
+  std::vector<float> av(m * k), bv(k * n);
+  for (auto& x : av) x = static_cast<float>(u(g));
+  for (auto& x : bv) x = static_cast<float>(u(g));
+  auto da = rlhf::to_backend(b, av, m, k), db = rlhf::to_backend(b, bv, k, n);
+  auto dc = rlhf::allocate_filled<float>(b, m, n, 0.0f);
+  b.gemm<float>(rlhf::transpose::no, rlhf::transpose::no, 1.0f, rlhf::as_const(da.view()), rlhf::as_const(db.view()),
+                0.0f, dc.view());
+  std::vector<float> want(m * n, 0.0f);
+  rlhf::backends::detail::naive_gemm<float>(rlhf::transpose::no, rlhf::transpose::no, 1.0f,
+                                            rlhf::make_matrix_view(av.data(), m, k),
+                                            rlhf::make_matrix_view(bv.data(), k, n), 0.0f,
+                                            rlhf::make_matrix_view(want.data(), m, n));
+  // Each of the k products carries up to 2^-10 relative rounding of its inputs: |error| <= k 2^-10 max|a b|.
+  check_close(rlhf::to_host(b, dc.view()), want, 0.0, static_cast<double>(k) * std::ldexp(1.0, -10), "gemm in TF32");
+  b.set_tf32(false);
+  b.gemm<float>(rlhf::transpose::no, rlhf::transpose::no, 1.0f, rlhf::as_const(da.view()), rlhf::as_const(db.view()),
+                0.0f, dc.view());
+  check_close(rlhf::to_host(b, dc.view()), want, 0.0, 8.0 * static_cast<double>(k + 1) * 1.2e-7,
+              "gemm after set_tf32(false)");
+}
+
 template <class T>
 void token_logprobs_match_reference(const rlhf::cuda_backend& b) {
   const rlhf::reference_backend ref;
@@ -602,6 +634,7 @@ int main() {
     conformance<float>(on_stream, "cuda (non-blocking stream), float");
     gemm_matches_reference<float>(on_stream);
     gemm_matches_reference<double>(on_stream);
+    tf32_gemm(stream);
     token_logprobs_match_reference<float>(on_stream);
     token_logprobs_match_reference<double>(on_stream);
     bf16_token_logprobs_match_reference(on_stream);
