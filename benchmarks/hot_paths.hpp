@@ -1,7 +1,8 @@
 // The hot-path benchmark bodies, generic over the backend (Google Benchmark functions templated on it):
 // GAE, token log-probs (forward, forward + backward, with entropy; float and bfloat16 logits), KL-penalized
 // rewards, the one-call KL-penalized advantages, whitening, the PPO-clip and clipped value losses forward +
-// backward, the ranking loss, and the model's RMSNorm forward and backward. Registered for the CPU backends
+// backward, the ranking loss, and the model's RMSNorm forward and backward and KV-cache decode attention.
+// Registered for the CPU backends
 // by hot_paths_bench.cpp and for the CUDA backend by hot_paths_cuda_bench.cu. Each iteration ends with
 // b.synchronize() (a no-op on the CPU backends; the CUDA backend's stream), so the time is the work's.
 // Bytes per element: the minimum a fused implementation must move, stated at each benchmark.
@@ -24,6 +25,7 @@
 #include "rlhf/losses/ppo_clip_loss.hpp"
 #include "rlhf/losses/ranking_loss.hpp"
 #include "rlhf/losses/value_loss.hpp"
+#include "rlhf/models/layers/attention.hpp"
 #include "rlhf/models/layers/rms_norm.hpp"
 #include "rlhf/ops/token_logprobs.hpp"
 #include "rlhf/ops/whitening.hpp"
@@ -300,6 +302,25 @@ void rms_norm_backward(benchmark::State& state) {
     rlhf::rms_norm_backward(b, rlhf::as_const(x.view()), rlhf::as_const(w.view().flat()),
                             rlhf::as_const(inv.view().flat()), rlhf::as_const(g.view()), dx.view(), dw.view().flat());
     return dx.view().data;
+  });
+}
+
+// One decode step's attention over a key/value cache: `rows` sequences at position `cols` - 1 of a cache of
+// `cols` positions, 32 query heads over 8 kv heads of 128 (a Llama-2-70B-like head layout). Reads every
+// cached key and value once: 2 * 8 * 128 * 4 = 8 KiB per cached position of a row ("items" = positions).
+template <class Backend>
+void decode_attention(benchmark::State& state) {
+  const Backend b = make_backend<Backend>(state, 2);
+  const auto [rows, cache] = shape_of(state);
+  constexpr std::size_t hq = 32, hkv = 8, hd = 128;
+  auto q = random_matrix(b, rows, hq * hd, -1, 1, 31);
+  auto k = random_matrix(b, rows * cache, hkv * hd, -1, 1, 32), v = random_matrix(b, rows * cache, hkv * hd, -1, 1, 33);
+  auto positions = rlhf::to_backend(b, std::vector<std::int32_t>(rows, static_cast<std::int32_t>(cache - 1)));
+  auto scores = rlhf::allocate<float>(b, rows * hq, cache), out = rlhf::allocate<float>(b, rows, hq * hd);
+  time_steps(state, b, rows * cache, 2 * hkv * hd * 4, [&] {
+    rlhf::causal_attention_decode(b, rlhf::as_const(q.view()), rlhf::as_const(k.view()), rlhf::as_const(v.view()),
+                                  rlhf::as_const(positions.view().flat()), cache, hq, hkv, scores.view(), out.view());
+    return out.view().data;
   });
 }
 

@@ -130,6 +130,8 @@ BENCHMARK(ranking_loss<rlhf::eigen_backend>)->Args({4, 1})->Args({9, 1});
 #define RLHF_ACTIVATIONS_12T ->Args({8192, 288, 1})->Args({8192, 288, 2})->Args({2048, 4096, 1})->Args({2048, 4096, 2})
 BENCHMARK(rms_norm_forward<rlhf::eigen_backend>) RLHF_ACTIVATIONS_12T->UseRealTime();
 BENCHMARK(rms_norm_backward<rlhf::eigen_backend>) RLHF_ACTIVATIONS_12T->UseRealTime();
+// [sequences, cached positions] (the generic path: one loop index per (sequence, head)).
+BENCHMARK(decode_attention<rlhf::eigen_backend>)->Args({8, 1024, 1})->Args({8, 1024, 2})->UseRealTime();
 
 // The other CPU backends (no specializations: every hot path runs its generic form over the backend's
 // primitives). xtensor: one thread; Thrust's serial (cpp) system: one thread; Thrust's OpenMP system: 1 and 2.

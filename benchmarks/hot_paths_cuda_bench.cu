@@ -1,5 +1,6 @@
 // The hot paths on the CUDA backend (its kernels: token log-probs and their backward, GAE, the one-pass
-// advantages, PPO-clip, value and ranking losses, RMSNorm; the other hot paths through Thrust on the device), the bodies of benchmarks/hot_paths.hpp at the CPU
+// advantages, PPO-clip, value and ranking losses, RMSNorm, the decode attention; the other hot paths through
+// Thrust on the device), the bodies of benchmarks/hot_paths.hpp at the CPU
 // benchmark's shapes and larger ones, plus a device triad that measures the GPU's memory bandwidth in the
 // same run. Every iteration synchronizes the backend's stream, so the times are the device work's (plus a
 // launch latency per kernel, which dominates the small shapes).
@@ -61,6 +62,8 @@ BENCHMARK(ranking_loss<cuda_backend>)->Args({4, 1})->Args({9, 1})->UseRealTime()
 #define RLHF_CUDA_ACTIVATIONS ->Args({8192, 288, 1})->Args({8192, 4096, 1})->UseRealTime()
 BENCHMARK(rms_norm_forward<cuda_backend>) RLHF_CUDA_ACTIVATIONS;
 BENCHMARK(rms_norm_backward<cuda_backend>) RLHF_CUDA_ACTIVATIONS;
+// [sequences, cached positions]: a rollout batch of 64 at 1024 and 4096 positions (a warp, then a block per pair).
+BENCHMARK(decode_attention<cuda_backend>)->Args({64, 1024, 1})->Args({64, 4096, 1})->UseRealTime();
 
 int main(int argc, char** argv) {
   if (rlhf::cuda_device_count() == 0) {

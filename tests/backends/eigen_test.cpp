@@ -746,4 +746,38 @@ TEMPLATE_TEST_CASE("eigen rms_norm kernels match the generic path, in place too,
     }
   }
 }
+
+TEMPLATE_TEST_CASE("eigen decode attention matches the generic path, the same bits on 1 and 2 threads",
+                   "[backends][eigen][attention][decode]", float, double) {
+  // Matrix-vector products in T against the generic path's double dot products and sums.
+  using T = TestType;
+  static_assert(requires(const eigen_backend& b, const detail::decode_attention_rows<T, host_space>& rows) {
+    rlhf_specialized_causal_attention_decode(b, rows);
+  });
+  const double rtol = std::is_same_v<T, float> ? 1e-4 : 1e-11, atol = std::is_same_v<T, float> ? 1e-5 : 1e-12;
+  auto g = rng(97);
+  struct shape {
+    std::size_t rows, seq, n_heads, n_kv_heads, head_dim;
+  };
+  for (const shape s : {shape{1, 1, 2, 1, 3}, shape{3, 40, 4, 2, 5}, shape{2, 300, 8, 2, 64}, shape{4, 70, 4, 4, 128}}) {
+    const std::size_t qc = s.n_heads * s.head_dim, kvc = s.n_kv_heads * s.head_dim;
+    std::vector<std::int32_t> positions(s.rows);
+    for (std::size_t r = 0; r < s.rows; ++r) positions[r] = static_cast<std::int32_t>((r * 37 + s.seq - 1) % s.seq);
+    const auto q = normal<T>(g, s.rows * qc, 0.0, 2.0), k = normal<T>(g, s.rows * s.seq * kvc);
+    const auto v = normal<T>(g, s.rows * s.seq * kvc);
+    const auto run = [&](const auto& b) {
+      auto bq = to_backend(b, q, s.rows, qc), bk = to_backend(b, k, s.rows * s.seq, kvc);
+      auto bv = to_backend(b, v, s.rows * s.seq, kvc);
+      auto bp = to_backend(b, positions);
+      auto scores = allocate<T>(b, s.rows * s.n_heads, s.seq), out = allocate<T>(b, s.rows, qc);
+      causal_attention_decode(b, as_const(bq.view()), as_const(bk.view()), as_const(bv.view()),
+                              as_const(bp.view().flat()), s.seq, s.n_heads, s.n_kv_heads, scores.view(), out.view());
+      return to_host(b, out.view());
+    };
+    const auto gen = run(generic_only<eigen_backend>{}), fast = run(eigen_backend(1)), two = run(eigen_backend(2, 1));
+    INFO("rows " << s.rows << " T " << s.seq << " Hq " << s.n_heads << " Hkv " << s.n_kv_heads << " hd " << s.head_dim);
+    CHECK_THAT(fast, close_to<T>(gen, rtol, atol));
+    CHECK(two == fast);
+  }
+}
 #endif

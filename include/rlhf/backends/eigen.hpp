@@ -296,6 +296,7 @@ using backends::eigen_backend;
 // The Eigen backend's specialized kernels (found by argument-dependent lookup, see docs/backends.md).
 // Included after eigen_backend is complete; each of them includes this header for its own use.
 #include "rlhf/backends/eigen/causal_attention.hpp"
+#include "rlhf/backends/eigen/decode_attention.hpp"
 #include "rlhf/backends/eigen/gae.hpp"
 #include "rlhf/backends/eigen/kl_penalized_rewards.hpp"
 #include "rlhf/backends/eigen/loss_aggregation.hpp"
