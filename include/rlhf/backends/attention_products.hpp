@@ -28,6 +28,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "rlhf/backends/attention_shape.hpp"
 #include "rlhf/backends/concepts.hpp"
 #include "rlhf/backends/memory.hpp"
 #include "rlhf/backends/view.hpp"
@@ -52,26 +53,6 @@ struct strided_product {
   std::size_t ldc = 0, stride_c = 0;
   std::size_t batch = 0;
 };
-
-/// The sizes of one attention call (validated by the caller); the CUDA and Eigen kernels derive them alike.
-struct attention_product_shape {
-  std::size_t batch, seq, n_heads, n_kv_heads, group, head_dim;
-  double scale;
-};
-
-inline attention_product_shape attention_product_shape_of(std::size_t rows, std::size_t q_cols, std::size_t batch,
-                                                          std::size_t n_heads, std::size_t n_kv_heads) {
-  const std::size_t hd = q_cols / n_heads;
-  return {batch, rows / batch, n_heads, n_kv_heads, n_heads / n_kv_heads, hd, 1.0 / std::sqrt(static_cast<double>(hd))};
-}
-
-/// Keys visible to query i of sequence bb: j < min(i + 1, n_b), n_b = lengths[bb] (T when none are given).
-template <class S>
-RLHF_HOST_DEVICE inline std::size_t attention_visible_keys(vector_view<const std::int32_t, S> lengths,
-                                                           std::size_t bb, std::size_t i, std::size_t seq) {
-  const std::size_t len = lengths.empty() ? seq : static_cast<std::size_t>(lengths[bb]);
-  return i + 1 < len ? i + 1 : len;
-}
 
 /// Row pass of the forward, index r over the Hq * T rows of sequence bb (r = h * T + i): the scores in
 /// `p` (row stride T) become the softmax over the visible keys j < min(i + 1, n_b), exact zeros elsewhere.
@@ -176,7 +157,7 @@ void attention_forward_by_products(const B& be, Product&& product, RowPass&& row
                                    matrix_view<T, typename B::memory_space> probs,
                                    vector_view<const std::int32_t, typename B::memory_space> lengths) {
   using S = typename B::memory_space;
-  const attention_product_shape s = attention_product_shape_of(q.rows, q.cols, batch, n_heads, n_kv_heads);
+  const attention_shape s = attention_shape_of(q.rows, q.cols, batch, n_heads, n_kv_heads);
   const std::size_t seq = s.seq, hd = s.head_dim, square = seq * seq;
   const bool save = probs.data != nullptr;
   auto scratch = allocate<T>(be, save ? 0 : n_heads * seq, seq);
@@ -223,7 +204,7 @@ void attention_backward_by_products(const B& be, Product&& product, RowPass&& ro
                                     matrix_view<T, typename B::memory_space> d_v,
                                     vector_view<const std::int32_t, typename B::memory_space> lengths) {
   using S = typename B::memory_space;
-  const attention_product_shape s = attention_product_shape_of(q.rows, q.cols, batch, n_heads, n_kv_heads);
+  const attention_shape s = attention_shape_of(q.rows, q.cols, batch, n_heads, n_kv_heads);
   const std::size_t seq = s.seq, hd = s.head_dim, square = seq * seq;
   auto scratch = allocate<T>(be, n_heads * seq, seq);
   T* ds = scratch.view().data;

@@ -31,7 +31,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "rlhf/backends/attention_products.hpp"
+#include "rlhf/backends/attention_shape.hpp"
 #include "rlhf/backends/eigen.hpp"
 #include "rlhf/backends/view.hpp"
 
@@ -43,9 +43,9 @@ namespace detail {
 /// causal mask hides, large enough for the GEMM kernel's panels.
 inline constexpr std::size_t attention_block = 64;
 
-// The sizes of a call, derived as the CUDA kernel derives them (rlhf/backends/attention_products.hpp).
-using rlhf::detail::attention_product_shape;
-using rlhf::detail::attention_product_shape_of;
+// The sizes of a call, derived as every attention path derives them (rlhf/backends/attention_shape.hpp).
+using rlhf::detail::attention_shape;
+using rlhf::detail::attention_shape_of;
 
 template <class T>
 using attention_rows = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -56,14 +56,14 @@ template <class T>
 using attention_const_head_map = Eigen::Map<const attention_rows<T>, 0, Eigen::OuterStride<>>;
 
 template <class T>
-attention_const_head_map<T> attention_head(matrix_view<const T, host_space> m, const attention_product_shape& s,
+attention_const_head_map<T> attention_head(matrix_view<const T, host_space> m, const attention_shape& s,
                                            std::size_t bb, std::size_t head) {
   return attention_const_head_map<T>(m.data + bb * s.seq * m.cols + head * s.head_dim,
                                      static_cast<Eigen::Index>(s.seq), static_cast<Eigen::Index>(s.head_dim),
                                      Eigen::OuterStride<>(static_cast<Eigen::Index>(m.cols)));
 }
 template <class T>
-attention_head_map<T> attention_head(matrix_view<T, host_space> m, const attention_product_shape& s, std::size_t bb,
+attention_head_map<T> attention_head(matrix_view<T, host_space> m, const attention_shape& s, std::size_t bb,
                                      std::size_t head) {
   return attention_head_map<T>(m.data + bb * s.seq * m.cols + head * s.head_dim, static_cast<Eigen::Index>(s.seq),
                                static_cast<Eigen::Index>(s.head_dim),
@@ -94,7 +94,7 @@ void attention_softmax_row(T* s, std::size_t lim, std::size_t width) {
 template <class T>
 void attention_forward_head(matrix_view<const T, host_space> q, matrix_view<const T, host_space> k,
                             matrix_view<const T, host_space> v, matrix_view<T, host_space> out, T* p, bool p_is_block,
-                            std::size_t len, const attention_product_shape& s, std::size_t bb, std::size_t h) {
+                            std::size_t len, const attention_shape& s, std::size_t bb, std::size_t h) {
   using Eigen::Index;
   const std::size_t seq = s.seq, kvh = h / s.group;
   const auto qh = attention_head(q, s, bb, h);
@@ -136,8 +136,8 @@ void rlhf_specialized_causal_attention_forward(const eigen_backend& b, matrix_vi
                                                std::size_t batch, std::size_t n_heads, std::size_t n_kv_heads,
                                                matrix_view<T, host_space> out, matrix_view<T, host_space> probs,
                                                vector_view<const std::int32_t, host_space> lengths) {
-  const detail::attention_product_shape s =
-      detail::attention_product_shape_of(q.rows, q.cols, batch, n_heads, n_kv_heads);
+  const detail::attention_shape s =
+      detail::attention_shape_of(q.rows, q.cols, batch, n_heads, n_kv_heads);
   const std::size_t items = batch * n_heads;
   const bool save = probs.data != nullptr;
 #if defined(_OPENMP)
@@ -166,8 +166,8 @@ void rlhf_specialized_causal_attention_backward(const eigen_backend& b, matrix_v
                                                 matrix_view<T, host_space> d_v,
                                                 vector_view<const std::int32_t, host_space> lengths) {
   using Eigen::Index;
-  const detail::attention_product_shape s =
-      detail::attention_product_shape_of(q.rows, q.cols, batch, n_heads, n_kv_heads);
+  const detail::attention_shape s =
+      detail::attention_shape_of(q.rows, q.cols, batch, n_heads, n_kv_heads);
   const std::size_t seq = s.seq, items = batch * n_kv_heads;
   const T scale = static_cast<T>(s.scale);
 #if defined(_OPENMP)

@@ -35,6 +35,7 @@
 #include <string_view>
 #include <type_traits>
 
+#include "rlhf/backends/attention_shape.hpp"
 #include "rlhf/backends/checks.hpp"
 #include "rlhf/backends/concepts.hpp"
 #include "rlhf/backends/decode_attention_rows.hpp"
@@ -45,25 +46,6 @@
 namespace rlhf {
 
 namespace detail {
-
-/// The sizes every attention loop needs, derived and validated once on the host.
-struct attention_dims {
-  std::size_t batch = 0;
-  std::size_t seq = 0;        // T
-  std::size_t n_heads = 0;    // Hq
-  std::size_t n_kv_heads = 0; // Hkv
-  std::size_t group = 0;      // Hq / Hkv
-  std::size_t head_dim = 0;   // hd
-  double scale = 0.0;         // 1 / sqrt(hd)
-};
-
-/// Keys visible to query i of sequence bb: j < min(i + 1, length).
-template <class S>
-RLHF_HOST_DEVICE inline std::size_t attention_visible(vector_view<const std::int32_t, S> lengths, std::size_t bb,
-                                                      std::size_t i, std::size_t seq) {
-  const std::size_t len = lengths.empty() ? seq : static_cast<std::size_t>(lengths[bb]);
-  return i + 1 < len ? i + 1 : len;
-}
 
 template <class T>
 RLHF_HOST_DEVICE inline double attention_dot(const T* a, const T* b, std::size_t n) {
@@ -79,14 +61,14 @@ struct attention_forward_query {
   matrix_view<T, S> out;
   matrix_view<T, S> probs;  // empty: online softmax, nothing saved
   vector_view<const std::int32_t, S> lengths;
-  attention_dims dims;
+  attention_shape dims;
 
   RLHF_HOST_DEVICE void operator()(std::size_t idx) const {
     const std::size_t seq = dims.seq, hd = dims.head_dim;
     const std::size_t i = idx % seq, bh = idx / seq;
     const std::size_t h = bh % dims.n_heads, bb = bh / dims.n_heads;
     const std::size_t kvh = h / dims.group;
-    const std::size_t lim = attention_visible(lengths, bb, i, seq);
+    const std::size_t lim = attention_visible_keys(lengths, bb, i, seq);
     const T* qi = q.data + (bb * seq + i) * q.cols + h * hd;
     T* oi = out.data + (bb * seq + i) * out.cols + h * hd;
     for (std::size_t d = 0; d < hd; ++d) oi[d] = T(0);
@@ -144,14 +126,14 @@ struct attention_backward_rowsum {
   matrix_view<const T, S> v, probs, d_out;
   matrix_view<T, S> d_q;
   vector_view<const std::int32_t, S> lengths;
-  attention_dims dims;
+  attention_shape dims;
 
   RLHF_HOST_DEVICE void operator()(std::size_t idx) const {
     const std::size_t seq = dims.seq, hd = dims.head_dim;
     const std::size_t i = idx % seq, bh = idx / seq;
     const std::size_t h = bh % dims.n_heads, bb = bh / dims.n_heads;
     const std::size_t kvh = h / dims.group;
-    const std::size_t lim = attention_visible(lengths, bb, i, seq);
+    const std::size_t lim = attention_visible_keys(lengths, bb, i, seq);
     const T* doi = d_out.data + (bb * seq + i) * d_out.cols + h * hd;
     const T* pr = probs.data + idx * seq;
     double acc = 0.0;
@@ -171,7 +153,7 @@ struct attention_backward_key {
   matrix_view<const T, S> rowsum;  // d_q, holding D_i in each head slot's first element
   matrix_view<T, S> d_k, d_v;
   vector_view<const std::int32_t, S> lengths;
-  attention_dims dims;
+  attention_shape dims;
 
   RLHF_HOST_DEVICE void operator()(std::size_t idx) const {
     const std::size_t seq = dims.seq, hd = dims.head_dim;
@@ -211,14 +193,14 @@ struct attention_backward_query {
   matrix_view<const T, S> k, v, probs, d_out;
   matrix_view<T, S> d_q;
   vector_view<const std::int32_t, S> lengths;
-  attention_dims dims;
+  attention_shape dims;
 
   RLHF_HOST_DEVICE void operator()(std::size_t idx) const {
     const std::size_t seq = dims.seq, hd = dims.head_dim;
     const std::size_t i = idx % seq, bh = idx / seq;
     const std::size_t h = bh % dims.n_heads, bb = bh / dims.n_heads;
     const std::size_t kvh = h / dims.group;
-    const std::size_t lim = attention_visible(lengths, bb, i, seq);
+    const std::size_t lim = attention_visible_keys(lengths, bb, i, seq);
     const T* doi = d_out.data + (bb * seq + i) * d_out.cols + h * hd;
     const T* pr = probs.data + idx * seq;
     T* dqi = d_q.data + (bb * seq + i) * d_q.cols + h * hd;
@@ -237,7 +219,7 @@ struct attention_backward_query {
 
 template <class B, class T>
 void causal_attention_forward_generic(const B& b, backend_matrix<B, const T> q, backend_matrix<B, const T> k,
-                                      backend_matrix<B, const T> v, const attention_dims& dims,
+                                      backend_matrix<B, const T> v, const attention_shape& dims,
                                       backend_matrix<B, T> out, backend_matrix<B, T> probs,
                                       backend_vector<B, const std::int32_t> lengths) {
   // A query visits up to T keys, hd multiply-adds each, twice (scores, then the weighted values).
@@ -248,7 +230,7 @@ void causal_attention_forward_generic(const B& b, backend_matrix<B, const T> q, 
 template <class B, class T>
 void causal_attention_backward_generic(const B& b, backend_matrix<B, const T> q, backend_matrix<B, const T> k,
                                        backend_matrix<B, const T> v, backend_matrix<B, const T> probs,
-                                       backend_matrix<B, const T> d_out, const attention_dims& dims,
+                                       backend_matrix<B, const T> d_out, const attention_shape& dims,
                                        backend_matrix<B, T> d_q, backend_matrix<B, T> d_k, backend_matrix<B, T> d_v,
                                        backend_vector<B, const std::int32_t> lengths) {
   using S = typename B::memory_space;
@@ -271,7 +253,7 @@ struct attention_count_bad_lengths {
 
 /// Validates the shapes shared by the forward and the backward and derives the sizes.
 template <class B, class T, class S>
-attention_dims attention_check(const B& b, std::string_view fn, matrix_view<const T, S> q, matrix_view<const T, S> k,
+attention_shape attention_check(const B& b, std::string_view fn, matrix_view<const T, S> q, matrix_view<const T, S> k,
                                matrix_view<const T, S> v, std::size_t batch, std::size_t n_heads,
                                std::size_t n_kv_heads, vector_view<const std::int32_t, S> lengths) {
   if (n_heads == 0) throw_argument_error(fn, "n_heads", "a value > 0", "0");
@@ -289,14 +271,7 @@ attention_dims attention_check(const B& b, std::string_view fn, matrix_view<cons
                          "a positive multiple of 'n_heads' (" + std::to_string(n_heads) + ") columns",
                          shape_string(q));
   }
-  attention_dims dims;
-  dims.batch = batch;
-  dims.seq = batch == 0 ? 0 : q.rows / batch;
-  dims.n_heads = n_heads;
-  dims.n_kv_heads = n_kv_heads;
-  dims.group = n_heads / n_kv_heads;
-  dims.head_dim = q.cols / n_heads;
-  dims.scale = 1.0 / std::sqrt(static_cast<double>(dims.head_dim));
+  const attention_shape dims = attention_shape_of(q.rows, q.cols, batch, n_heads, n_kv_heads);
   check_shape(fn, "k", k, q.rows, n_kv_heads * dims.head_dim,
               "(rows of 'q', n_kv_heads * head_dim with head_dim = " + std::to_string(dims.head_dim) + ")");
   check_same_shape(fn, "v", v, "k", k);
@@ -366,7 +341,7 @@ void causal_attention_forward(const B& b, std::type_identity_t<backend_matrix<B,
   detail::check_reduce_backend<B>();
   constexpr std::string_view fn = "rlhf::causal_attention_forward";
   static_assert(std::is_floating_point_v<T>, "rlhf::causal_attention_forward: T must be float or double");
-  const detail::attention_dims dims = detail::attention_check(b, fn, q, k, v, batch, n_heads, n_kv_heads, lengths);
+  const detail::attention_shape dims = detail::attention_check(b, fn, q, k, v, batch, n_heads, n_kv_heads, lengths);
   detail::check_same_shape(fn, "out", out, "q", q);
   if (!(probs.data == nullptr && probs.rows == 0 && probs.cols == 0)) {
     detail::check_shape(fn, "probs", probs, batch * n_heads * dims.seq, dims.seq,
@@ -415,7 +390,7 @@ void causal_attention_backward(const B& b, std::type_identity_t<backend_matrix<B
   detail::check_reduce_backend<B>();
   constexpr std::string_view fn = "rlhf::causal_attention_backward";
   static_assert(std::is_floating_point_v<T>, "rlhf::causal_attention_backward: T must be float or double");
-  const detail::attention_dims dims = detail::attention_check(b, fn, q, k, v, batch, n_heads, n_kv_heads, lengths);
+  const detail::attention_shape dims = detail::attention_check(b, fn, q, k, v, batch, n_heads, n_kv_heads, lengths);
   detail::check_shape(fn, "probs", probs, batch * n_heads * dims.seq, dims.seq,
                       "([batch * n_heads * T, T], saved by the forward)");
   detail::check_same_shape(fn, "d_out", d_out, "q", q);
