@@ -245,6 +245,28 @@ inline std::vector<std::size_t> random_lengths(std::mt19937_64& g, std::size_t r
   return l;
 }
 
+/// Random inputs of one causal attention call over `batch` sequences of `seq` tokens: q and d_out
+/// [B*T, Hq*hd], k and v [B*T, Hkv*hd] (drawn in that order: q, k, v, d_out), and ragged lengths with the
+/// first sequence empty.
+template <class T>
+struct attention_inputs {
+  std::vector<T> q, k, v, d_out;
+  std::vector<std::int32_t> lengths;
+};
+template <class T>
+attention_inputs<T> random_attention_inputs(std::mt19937_64& g, std::size_t batch, std::size_t seq,
+                                            std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim) {
+  const std::size_t rows = batch * seq, qc = n_heads * head_dim, kc = n_kv_heads * head_dim;
+  attention_inputs<T> in;
+  in.q = normal<T>(g, rows * qc);
+  in.k = normal<T>(g, rows * kc);
+  in.v = normal<T>(g, rows * kc);
+  in.d_out = normal<T>(g, rows * qc);
+  for (auto n : random_lengths(g, batch, seq)) in.lengths.push_back(static_cast<std::int32_t>(n));
+  in.lengths[0] = 0;
+  return in;
+}
+
 /// Random mask with interior holes (multi-turn style): each element valid with probability p.
 inline std::vector<rlhf::mask_type> random_mask(std::mt19937_64& g, std::size_t n, double p = 0.7) {
   std::bernoulli_distribution d(p);

@@ -73,11 +73,8 @@ TEMPLATE_TEST_CASE("attention as strided-batched products matches the generic pa
   };
   for (const shape s : {shape{3, 7, 4, 2, 3}, shape{2, 9, 6, 2, 4}, shape{2, 5, 3, 3, 2}, shape{2, 1, 2, 1, 2}}) {
     const std::size_t rows = s.batch * s.seq, qc = s.n_heads * s.head_dim, kc = s.n_kv_heads * s.head_dim;
-    const auto q = normal<T>(g, rows * qc), k = normal<T>(g, rows * kc), v = normal<T>(g, rows * kc);
-    const auto d_out = normal<T>(g, rows * qc);
-    std::vector<std::int32_t> lengths;
-    for (auto n : random_lengths(g, s.batch, s.seq)) lengths.push_back(static_cast<std::int32_t>(n));
-    lengths[0] = 0;
+    auto [q, k, v, d_out, lengths] =
+        random_attention_inputs<T>(g, s.batch, s.seq, s.n_heads, s.n_kv_heads, s.head_dim);
     for (int with_lengths = 0; with_lengths < 2; ++with_lengths) {
       for (const std::size_t threads : {std::size_t{0}, std::size_t{32}, std::size_t{256}}) {
         INFO("B " << s.batch << " T " << s.seq << " Hq " << s.n_heads << " Hkv " << s.n_kv_heads << " hd " << s.head_dim

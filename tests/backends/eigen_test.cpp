@@ -557,11 +557,8 @@ TEMPLATE_TEST_CASE("eigen causal attention kernels match the generic path, the s
   };
   for (const shape s : {shape{3, 70, 4, 2, 8}, shape{2, 130, 2, 1, 5}, shape{4, 64, 3, 3, 4}, shape{2, 1, 2, 2, 2}}) {
     const std::size_t rows = s.batch * s.seq, qc = s.n_heads * s.head_dim, kc = s.n_kv_heads * s.head_dim;
-    const auto q = normal<T>(g, rows * qc), k = normal<T>(g, rows * kc), v = normal<T>(g, rows * kc);
-    const auto d_out = normal<T>(g, rows * qc);
-    std::vector<std::int32_t> lengths;
-    for (auto n : random_lengths(g, s.batch, s.seq)) lengths.push_back(static_cast<std::int32_t>(n));
-    lengths[0] = 0;
+    auto [q, k, v, d_out, lengths] =
+        random_attention_inputs<T>(g, s.batch, s.seq, s.n_heads, s.n_kv_heads, s.head_dim);
     lengths[s.batch - 1] = static_cast<std::int32_t>(s.seq);
     for (int with_lengths = 0; with_lengths < 2; ++with_lengths) {
       const auto run = [&](const auto& b) {
