@@ -1,8 +1,9 @@
 // The CUDA backend on a GPU: the conformance suite (every primitive and hot-path algorithm held to the
 // reference backend, which runs the hand-written kernels), cuBLAS GEMM for every transposition and shape,
-// the token log-prob (float, double, bfloat16 logits), GAE, one-pass advantages, PPO-clip, value-loss, ranking-loss, RMSNorm, attention (training and decode) and embedding-gradient kernels and the Llama model's forward and backward against the reference on ragged, filtered, masked rows, and streams.
+// the token log-prob (float, double, bfloat16 logits), GAE, one-pass advantages, PPO-clip, value-loss, ranking-loss, RMSNorm, attention (training and decode) and embedding-gradient kernels and the Llama model's forward and backward against the reference on ragged, filtered, masked rows, streams, and the stream-ordered buffers.
 // Built by nvcc whenever CUDA is found; labelled `gpu`; exits 77 (ctest: skipped) when no GPU is present.
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <limits>
 #include <random>
@@ -150,6 +151,66 @@ void tf32_gemm(cudaStream_t stream) {
                 0.0f, dc.view());
   check_close(rlhf::to_host(b, dc.view()), want, 0.0, 8.0 * static_cast<double>(k + 1) * 1.2e-7,
               "gemm after set_tf32(false)");
+}
+
+__global__ void spin_for(long long cycles) {
+  const long long start = clock64();
+  while (clock64() - start < cycles) {
+  }
+}
+
+// Buffers are stream-ordered (cudaMallocAsync / cudaFreeAsync on the backend's stream): releasing one does
+// not wait for the device, memory released while the stream still runs is reused only after the work
+// enqueued before the release, freed memory stays in the default pool, and a request larger than the
+// device fails with the function, the size and the free memory named.
+void stream_ordered_buffers(cudaStream_t stream) {
+  const rlhf::cuda_backend b(stream);
+  int device = 0, clock_khz = 0;
+  rlhf::backends::detail::cuda_check(cudaGetDevice(&device), "stream_ordered_buffers", "cudaGetDevice");
+  rlhf::backends::detail::cuda_check(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrClockRate, device),
+                                     "stream_ordered_buffers", "cudaDeviceGetAttribute");
+  // About 200 ms of device time queued before a buffer is allocated and released.
+  spin_for<<<1, 1, 0, stream>>>(static_cast<long long>(clock_khz) * 200);
+  { auto scratch = b.allocate<float>(1024, 1024); }
+  expect(cudaStreamQuery(stream) == cudaErrorNotReady,
+         "releasing a buffer waits for the device (the stream finished before the release returned)");
+  b.synchronize();
+
+  cudaMemPool_t pool = nullptr;
+  std::uint64_t threshold = 0;
+  cudaDeviceGetDefaultMemPool(&pool, device);
+  cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold);
+  expect(threshold == UINT64_MAX, "the default pool keeps released memory (release threshold " +
+                                      std::to_string(threshold) + ")");
+
+  // Each round's scratch is released while the stream may still be reading the previous ones: the rows
+  // written through them must all survive.
+  const std::size_t rounds = 64, cols = 4096;
+  auto out = rlhf::allocate_filled<float>(b, rounds, cols, -1.0f);
+  for (std::size_t r = 0; r < rounds; ++r) {
+    auto scratch = rlhf::allocate_filled<float>(b, 1, cols, static_cast<float>(r));
+    spin_for<<<1, 1, 0, stream>>>(1000);
+    b.copy(rlhf::as_const(scratch.vector()), rlhf::vector_view<float, rlhf::cuda_space>{out.data() + r * cols, cols});
+  }
+  const std::vector<float> got = rlhf::to_host(b, out.view());
+  bool rows_ok = true;
+  for (std::size_t r = 0; r < rounds; ++r)
+    for (std::size_t c = 0; c < cols; ++c) rows_ok = rows_ok && got[r * cols + c] == static_cast<float>(r);
+  expect(rows_ok, "rows copied from scratch buffers released while the stream ran");
+
+  bool named = false;
+  try {
+    auto too_big = b.allocate<float>(std::size_t{1} << 24, std::size_t{1} << 24);  // 1 PiB
+  } catch (const rlhf::cuda_error& e) {
+    const std::string what = e.what();
+    named = what.find("rlhf::cuda_backend::allocate") != std::string::npos &&
+            what.find("1125899906842624 bytes") != std::string::npos && what.find("free") != std::string::npos;
+    if (!named) std::printf("allocation error: %s\n", e.what());
+  }
+  expect(named, "an impossible allocation throws rlhf::cuda_error naming the function, the bytes and the free memory");
+  // The backend still works after the failure.
+  auto after = rlhf::allocate_filled<float>(b, 1, 8, 2.0f);
+  expect(rlhf::to_host(b, after.view()) == std::vector<float>(8, 2.0f), "allocation after a failed one");
 }
 
 template <class T>
@@ -635,6 +696,7 @@ int main() {
     gemm_matches_reference<float>(on_stream);
     gemm_matches_reference<double>(on_stream);
     tf32_gemm(stream);
+    stream_ordered_buffers(stream);
     token_logprobs_match_reference<float>(on_stream);
     token_logprobs_match_reference<double>(on_stream);
     bf16_token_logprobs_match_reference(on_stream);

@@ -16,7 +16,18 @@
 /// enqueued on that stream and returns without waiting, except those that hand data to the host:
 /// `copy` to or from host memory and `transform_reduce` (which returns a host value) wait for the stream.
 /// Call `synchronize()` before device memory written by the backend is read by other streams or by
-/// host code through other means. Buffers are plain `cudaMalloc` allocations (through Thrust).
+/// host code through other means.
+///
+/// Memory. Buffers (`allocate`, and so every kernel's scratch) are stream-ordered allocations from the
+/// device's current memory pool (`cudaMallocAsync` / `cudaFreeAsync` on the backend's stream), as Thrust's
+/// own temporary storage is: a buffer's release is enqueued on the stream instead of waiting for the whole
+/// device as `cudaFree` does, and its memory is handed to the next allocation on that stream. So that
+/// released memory stays in the pool across synchronizations rather than going back to the driver, the
+/// first allocation on a device raises the default pool's release threshold from 0 to unlimited (a
+/// threshold or a pool the program set itself is left alone; `cudaMemPoolTrimTo` gives the memory back,
+/// and an allocation that fails for want of memory trims the pool and tries once more). A buffer
+/// used by another stream must be synchronized with before it is destroyed. Where the device or platform
+/// has no memory pools, buffers fall back to `cudaMalloc` / `cudaFree`.
 ///
 /// This header is CUDA code: include it from a `.cu` file compiled by nvcc with `--extended-lambda`
 /// (the rlhf::cuda CMake target sets it).
@@ -30,7 +41,9 @@
 #include <cuda_runtime.h>
 #include <thrust/system/cuda/execution_policy.h>
 
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -106,6 +119,78 @@ struct cuda_shared_state {
 /// synchronization Thrust would otherwise add after each algorithm.
 using cuda_stream_policy = ::thrust::cuda_cub::execute_on_stream_nosync;
 
+namespace detail {
+
+/// Raises the release threshold of `device`'s default memory pool from 0 (give freed memory back to the
+/// driver at every synchronization) to unlimited, once per device and process, so that the stream-ordered
+/// buffers of cuda_backend are reused instead of re-mapped after every `synchronize()`.
+inline void retain_pool_memory(int device) {
+  static std::atomic<std::uint64_t> done{0};  // one bit per device (devices past 63 are set every time)
+  const std::uint64_t bit = device < 64 ? std::uint64_t{1} << device : 0;
+  if (bit != 0 && (done.load(std::memory_order_acquire) & bit) != 0) return;
+  cudaMemPool_t pool = nullptr;
+  if (cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess) {
+    std::uint64_t threshold = 0;
+    if (cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold) == cudaSuccess &&
+        threshold == 0) {
+      threshold = UINT64_MAX;
+      (void)cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold);
+    }
+  }
+  (void)cudaGetLastError();  // no pools on this device: allocations fall back to cudaMalloc
+  done.fetch_or(bit, std::memory_order_release);
+}
+
+}  // namespace detail
+
+/// The CUDA backend's buffers: stream-ordered allocations on the policy's stream (see the file comment).
+template <>
+struct thrust_buffer_memory<cuda_stream_policy> {
+  template <class T>
+  static T* allocate(cuda_stream_policy& policy, std::size_t n) {
+    int device = 0;
+    detail::cuda_check(cudaGetDevice(&device), "rlhf::cuda_backend::allocate", "cudaGetDevice");
+    detail::retain_pool_memory(device);
+    const std::size_t bytes = n * sizeof(T);
+    void* data = nullptr;
+    const cudaStream_t stream = get_stream(policy);
+    cudaError_t status = cudaMallocAsync(&data, bytes, stream);
+    if (status == cudaErrorMemoryAllocation) {
+      // The pool may hold released memory in pieces too small for this request: wait for pending
+      // releases, give the pool's unused memory back to the driver, and try once more.
+      (void)cudaGetLastError();
+      cudaMemPool_t pool = nullptr;
+      if (cudaDeviceSynchronize() == cudaSuccess && cudaDeviceGetMemPool(&pool, device) == cudaSuccess) {
+        (void)cudaMemPoolTrimTo(pool, 0);
+        status = cudaMallocAsync(&data, bytes, stream);
+      }
+    }
+    if (status == cudaErrorNotSupported) {  // no memory pools here: plain allocation
+      (void)cudaGetLastError();
+      status = cudaMalloc(&data, bytes);
+    }
+    if (status != cudaSuccess) {
+      (void)cudaGetLastError();
+      std::size_t free_bytes = 0, total_bytes = 0;
+      (void)cudaMemGetInfo(&free_bytes, &total_bytes);
+      (void)cudaGetLastError();
+      throw rlhf::cuda_error("rlhf::cuda_backend::allocate: " + std::to_string(bytes) + " bytes (" +
+                             std::to_string(n) + " elements) on device " + std::to_string(device) + " failed: " +
+                             cudaGetErrorName(status) + " (" + cudaGetErrorString(status) + "); the device has " +
+                             std::to_string(free_bytes) + " of " + std::to_string(total_bytes) + " bytes free");
+    }
+    return static_cast<T*>(data);
+  }
+  template <class T>
+  static void release(cuda_stream_policy& policy, T* data) noexcept {
+    if (cudaFreeAsync(data, get_stream(policy)) != cudaSuccess) {
+      (void)cudaGetLastError();
+      (void)cudaFree(data);  // memory from the cudaMalloc fallback
+      (void)cudaGetLastError();
+    }
+  }
+};
+
 /// The CUDA backend. Satisfies rlhf::complete_backend; memory is device memory (`cuda_space`).
 struct cuda_backend : thrust_backend<cuda_stream_policy, cuda_space> {
   using base_backend = thrust_backend<cuda_stream_policy, cuda_space>;
@@ -115,7 +200,7 @@ struct cuda_backend : thrust_backend<cuda_stream_policy, cuda_space> {
 
   /// On the legacy default stream.
   cuda_backend() : cuda_backend(cudaStream_t{}) {}
-  /// On `stream` (not owned: it must outlive the backend and every copy of it).
+  /// On `stream` (not owned: it must outlive the backend, every copy of it and every buffer they allocated).
   explicit cuda_backend(cudaStream_t stream)
       : base_backend(cuda_stream_policy(stream)), state_(std::make_shared<detail::cuda_shared_state>(stream)) {}
 

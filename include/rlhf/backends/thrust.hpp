@@ -5,7 +5,8 @@
 /// `System`: `::thrust::cpp::tag` (serial host), `::thrust::omp::tag` (OpenMP threads; compile with
 /// `-fopenmp`) or, under nvcc, the CUDA system (the CUDA backend derives from it). Memory is allocated
 /// with `::thrust::malloc` on the same system, so the host systems get host memory (`host_space`) and the
-/// CUDA system device memory (`cuda_space`).
+/// CUDA system device memory (`cuda_space`). A system may replace how its buffers get memory by
+/// specializing `rlhf::backends::thrust_buffer_memory` (the CUDA backend does: stream-ordered allocations).
 ///
 /// Numerics and order (docs/backends.md#the-backends-that-ship):
 /// - `reverse_linear_recurrence` is a segmented inclusive scan, over reverse iterators, of affine maps
@@ -231,9 +232,27 @@ struct thrust_gemm_tile_fn {
 
 }  // namespace detail
 
-/// Owning storage for rows x cols trivially copyable elements, allocated with `::thrust::malloc` on the
-/// Thrust system `System` (host memory for the host systems, device memory for CUDA). Move-only; elements
-/// are not initialised.
+/// How `thrust_buffer` obtains and returns memory on the system `System`: `::thrust::malloc` and
+/// `::thrust::free`. A system that has a better allocator specializes this template before a buffer of
+/// it is instantiated (rlhf/backends/cuda.cuh does, for stream-ordered `cudaMallocAsync`).
+/// `allocate` returns n > 0 elements or throws; `release` never throws.
+template <class System>
+struct thrust_buffer_memory {
+  template <class T>
+  static T* allocate(System& system, std::size_t n) {
+    T* data = ::thrust::malloc<T>(system, n).get();
+    if (data == nullptr) throw std::bad_alloc();  // the host systems' malloc reports failure with null
+    return data;
+  }
+  template <class T>
+  static void release(System& system, T* data) noexcept {
+    ::thrust::free(system, ::thrust::pointer<T, System>(data));
+  }
+};
+
+/// Owning storage for rows x cols trivially copyable elements, allocated on the Thrust system `System`
+/// through `thrust_buffer_memory<System>` (host memory for the host systems, device memory for CUDA).
+/// Move-only; elements are not initialised.
 /// @tparam T element type
 /// @tparam System Thrust execution policy the memory belongs to
 /// @tparam Space the rlhf memory-space tag of that memory
@@ -248,10 +267,7 @@ class thrust_buffer {
   thrust_buffer() = default;
   /// Allocates rows x cols elements on `system`.
   thrust_buffer(const System& system, std::size_t rows, std::size_t cols) : system_(system), rows_(rows), cols_(cols) {
-    if (rows * cols != 0) {
-      data_ = ::thrust::malloc<T>(system_, rows * cols).get();
-      if (data_ == nullptr) throw std::bad_alloc();  // the host systems' malloc reports failure with null
-    }
+    if (rows * cols != 0) data_ = thrust_buffer_memory<System>::template allocate<T>(system_, rows * cols);
   }
   thrust_buffer(thrust_buffer&& other) noexcept
       : system_(other.system_), data_(std::exchange(other.data_, nullptr)), rows_(std::exchange(other.rows_, 0)),
@@ -292,7 +308,7 @@ class thrust_buffer {
 
  private:
   void release() noexcept {
-    if (data_ != nullptr) ::thrust::free(system_, ::thrust::pointer<T, System>(data_));
+    if (data_ != nullptr) thrust_buffer_memory<System>::release(system_, data_);
     data_ = nullptr;
   }
 

@@ -16,8 +16,8 @@
 ///   rlhf/backends/rms_norm_rows.hpp); it is enqueued before the input gradient, which may overwrite d_out
 ///   or x.
 ///
-/// Everything is enqueued on the backend's stream (the scratch's release waits for the device, as
-/// `cudaFree` does). CPU reference: the generic path; tests/backends/row_groups_test.cpp replays these
+/// Everything is enqueued on the backend's stream, the scratch's allocation and release included
+/// (stream-ordered, see rlhf/backends/cuda.cuh). CPU reference: the generic path; tests/backends/row_groups_test.cpp replays these
 /// kernels' splits and sums on the host against it, and the GPU test holds them to the reference backend
 /// (the conformance suite's RMSNorm checks, rows of 1 to 1500 elements).
 #pragma once
