@@ -1,5 +1,6 @@
 # FindNCCL: NVIDIA's collective communication library, as shipped in a CUDA install (include/nccl.h,
-# lib64/libnccl.so) or installed on its own (Debian's libnccl-dev, NCCL_ROOT).
+# lib64/libnccl.so) or installed on its own (Debian's libnccl-dev, NCCL_ROOT; the `nvidia-nccl-cu*` Python
+# wheel's site-packages/nvidia/nccl, whose lib holds only libnccl.so.2).
 #
 # Result: the imported target NCCL::NCCL, and NCCL_FOUND, NCCL_VERSION, NCCL_INCLUDE_DIR, NCCL_LIBRARY.
 # Hints: NCCL_ROOT (or the NCCL_ROOT environment variable), then the CUDA toolkit (CUDAToolkit_ROOT,
@@ -9,7 +10,7 @@ if(CUDAToolkit_INCLUDE_DIRS)
   list(APPEND _nccl_hints ${CUDAToolkit_INCLUDE_DIRS}/..)
 endif()
 find_path(NCCL_INCLUDE_DIR nccl.h HINTS ${_nccl_hints} PATH_SUFFIXES include)
-find_library(NCCL_LIBRARY NAMES nccl HINTS ${_nccl_hints} PATH_SUFFIXES lib64 lib lib/x86_64-linux-gnu)
+find_library(NCCL_LIBRARY NAMES nccl libnccl.so.2 HINTS ${_nccl_hints} PATH_SUFFIXES lib64 lib lib/x86_64-linux-gnu)
 if(NCCL_INCLUDE_DIR AND EXISTS "${NCCL_INCLUDE_DIR}/nccl.h")
   file(STRINGS "${NCCL_INCLUDE_DIR}/nccl.h" _nccl_version_lines REGEX "^#define NCCL_(MAJOR|MINOR|PATCH) ")
   foreach(_part MAJOR MINOR PATCH)
