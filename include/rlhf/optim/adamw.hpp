@@ -128,14 +128,7 @@ class adamw {
     detail::check_reduce_backend<B>();
     constexpr const char* fn = "rlhf::adamw::step";
     prepare_impl(b, params, fn);
-    if (finite_checks_enabled()) {  // the opt-in check; skip building names when it is off
-      for (std::size_t i = 0; i < params.size(); ++i) {
-        if (!detail::is_frozen(params[i])) {
-          detail::check_finite(b, fn, "params[" + std::to_string(i) + "].grad ('" + params[i].name + "')",
-                               params[i].grad);
-        }
-      }
-    }
+    if (finite_checks_enabled()) detail::check_finite_gradients(b, fn, params);
     ++steps_;
     const double t = static_cast<double>(steps_);
     const T lr = static_cast<T>(options_.learning_rate);

@@ -222,6 +222,18 @@ struct parameter_signature {
   }
 };
 
+/// The optimizers' opt-in finite check (rlhf::set_finite_checks): throws rlhf::non_finite_error naming
+/// `params[i].grad ('name')` for the first trainable parameter whose gradient holds NaN or Inf, before
+/// anything is updated. Callers test finite_checks_enabled() first, so no name is built when it is off.
+template <class B, class T, class S>
+void check_finite_gradients(const B& b, std::string_view function, const parameter_list<T, S>& params) {
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    if (!is_frozen(params[i])) {
+      check_finite(b, function, "params[" + std::to_string(i) + "].grad ('" + params[i].name + "')", params[i].grad);
+    }
+  }
+}
+
 /// Allocates one zero-filled buffer per parameter, of the parameter's shape, in the backend's memory.
 template <class T, class B, class S>
 std::vector<buffer_t<B, T>> allocate_zeroed_like(const B& b, const parameter_list<T, S>& params) {
