@@ -166,6 +166,29 @@ S weighted_row_sums(const B& b, backend_vector<B, const double> weights, F f, M.
   return b.transform_reduce(S{}, add_row_sums<S>{}, weight_row_sums<S>{}, weights, crows);
 }
 
+// The generic path of the clipped per-token losses (PPO-clip, the clipped value loss): `math(x, x_old,
+// target)`, in double, gives a token's terms with its gradient `.grad`; when d_x is not empty one element
+// pass writes w_r * grad (0 on masked positions), then the row sums of `token_sums` are weighted by w.
+template <class S, class B, class T, class Math, class TokenSums>
+S clipped_token_loss_generic(const B& b, backend_matrix<B, const T> x, backend_matrix<B, const T> x_old,
+                             backend_matrix<B, const T> target, backend_matrix<B, const mask_type> mask,
+                             backend_vector<B, const double> w, backend_matrix<B, T> d_x, Math math,
+                             TokenSums token_sums) {
+  if (d_x.data != nullptr) {
+    const std::size_t cols = x.cols;
+    b.for_each_index(x.size(), [=] RLHF_HOST_DEVICE(std::size_t i) {
+      if (!mask.data[i]) {
+        d_x.data[i] = T(0);
+        return;
+      }
+      const auto k = math(static_cast<double>(x.data[i]), static_cast<double>(x_old.data[i]),
+                          static_cast<double>(target.data[i]));
+      d_x.data[i] = static_cast<T>(w.data[i / cols] * k.grad);
+    });
+  }
+  return weighted_row_sums<S>(b, w, token_sums, x, x_old, target, mask);
+}
+
 // Partial sums of a loss linear in its input: coefficient * sum w m x.
 struct linear_row_sums {
   double loss = 0, value = 0, tokens = 0;

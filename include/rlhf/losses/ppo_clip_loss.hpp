@@ -76,19 +76,8 @@ ppo_row_sums ppo_clip_loss_generic(const B& b, backend_matrix<B, const T> logp, 
                                    backend_matrix<B, const T> adv, backend_matrix<B, const mask_type> mask,
                                    backend_vector<B, const double> w, backend_matrix<B, T> d_logp,
                                    ppo_clip_math math) {
-  if (d_logp.data != nullptr) {
-    const std::size_t cols = logp.cols;
-    b.for_each_index(logp.size(), [=] RLHF_HOST_DEVICE(std::size_t i) {
-      if (!mask.data[i]) {
-        d_logp.data[i] = T(0);
-        return;
-      }
-      const ppo_token k = math(static_cast<double>(logp.data[i]), static_cast<double>(old_logp.data[i]),
-                               static_cast<double>(adv.data[i]));
-      d_logp.data[i] = static_cast<T>(w.data[i / cols] * k.grad);
-    });
-  }
-  return weighted_row_sums<ppo_row_sums>(b, w, ppo_token_sums<T>{math}, logp, old_logp, adv, mask);
+  return clipped_token_loss_generic<ppo_row_sums>(b, logp, old_logp, adv, mask, w, d_logp, math,
+                                                  ppo_token_sums<T>{math});
 }
 }  // namespace detail
 

@@ -65,19 +65,8 @@ value_row_sums value_loss_generic(const B& b, backend_matrix<B, const T> values,
                                   backend_matrix<B, const T> returns, backend_matrix<B, const mask_type> mask,
                                   backend_vector<B, const double> w, backend_matrix<B, T> d_values,
                                   value_loss_math math) {
-  if (d_values.data != nullptr) {
-    const std::size_t cols = values.cols;
-    b.for_each_index(values.size(), [=] RLHF_HOST_DEVICE(std::size_t i) {
-      if (!mask.data[i]) {
-        d_values.data[i] = T(0);
-        return;
-      }
-      const value_token k = math(static_cast<double>(values.data[i]), static_cast<double>(old_values.data[i]),
-                                 static_cast<double>(returns.data[i]));
-      d_values.data[i] = static_cast<T>(w.data[i / cols] * k.grad);
-    });
-  }
-  return weighted_row_sums<value_row_sums>(b, w, value_token_sums<T>{math}, values, old_values, returns, mask);
+  return clipped_token_loss_generic<value_row_sums>(b, values, old_values, returns, mask, w, d_values, math,
+                                                    value_token_sums<T>{math});
 }
 }  // namespace detail
 
