@@ -279,23 +279,13 @@ struct token_logprobs_backward_row {
     }
   }
 
-  // logp_backward_element of every non-token column in float, vectorizable: log p_j = (z_j - c) / t + corr
-  // with c = lse t rounded to float and corr = c / t - lse formed once in double, so z_j - c is exact for the
-  // logits near the top that carry the probability (also at magnitude 1e4, where z_j / t - lse in float would
-  // lose three digits), and p_j = polynomial_exp(log p_j). The caller redoes the token's column in double.
+  // logp_backward_float (rlhf/backends/online_logsumexp.hpp) over every column, vectorizable; the caller
+  // redoes the token's column in double.
   RLHF_HOST_DEVICE void backward_float(const L* row, L* out, std::size_t v, double lse, double g, double gh,
                                        double h) const {
-    const float c = static_cast<float>(lse / inv_t);
-    const float corr = static_cast<float>(static_cast<double>(c) * inv_t - lse);
-    const float it = static_cast<float>(inv_t), gf = static_cast<float>(g), ghf = static_cast<float>(gh);
-    const float hf = static_cast<float>(h);
+    const logp_backward_float element = logp_backward_float::of(lse, g, gh, h, inv_t);
     RLHF_SIMD_LOOP()
-    for (std::size_t j = 0; j < v; ++j) {
-      const float lp = (logit_as_float(row[j]) - c) * it + corr;
-      const float p = polynomial_exp(lp);
-      const float entropy_term = p > 0.0f ? ghf * p * (lp + hf) : 0.0f;  // 0 where p = 0 (a -inf logit)
-      out[j] = static_cast<L>((-gf * p - entropy_term) * it);
-    }
+    for (std::size_t j = 0; j < v; ++j) out[j] = static_cast<L>(element(logit_as_float(row[j])));
   }
 };
 

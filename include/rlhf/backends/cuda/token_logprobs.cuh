@@ -6,24 +6,34 @@
 /// `cuda_backend::row_block_threads` threads per row of logits:
 ///
 /// - forward: thread k folds elements k, k + W, k + 2W, ... of the row (coalesced reads) into the online
-///   logsumexp state `rlhf::detail::logp_online_state` (rlhf/backends/online_logsumexp.hpp: running
-///   maximum, rescaled sum, entropy sum; in double), the W states are merged with `logp_online_state::merge`, first within each warp by
-///   shuffles, then across warps through shared memory, and thread 0 writes log p(y), logsumexp and the
-///   entropy with `logp_online_state::finish`. One read of the logits, no [rows, V] temporary.
+///   logsumexp state (rlhf/backends/online_logsumexp.hpp: running maximum, rescaled sum, entropy sum) with
+///   `logp_strided_partial`: float and bfloat16 logits in float arithmetic (runs of 64 elements, each run
+///   merged into a double state), double logits in double; the W double states are merged with
+///   `logp_online_state::merge`, first within each warp by shuffles, then across warps through shared
+///   memory, and thread 0 writes log p(y), logsumexp and the entropy with `logp_online_state::finish`. One
+///   read of the logits, no [rows, V] temporary.
 /// - backward: every thread writes its strided elements of d logits from the saved logsumexp (and
-///   entropy) with `logp_backward_element`, the function the generic row functor uses; one read and one
-///   write of the row, in place allowed.
+///   entropy): float and bfloat16 logits with `logp_backward_float` (the token's column with
+///   `logp_backward_element` in double), double logits with `logp_backward_element`: the functions the
+///   generic row functor uses; one read and one write of the row, in place allowed.
+///
+/// Why float arithmetic per element: the forward's exp and the backward's are the only per-logit work, and a
+/// GPU's double rate is half its float rate on A100 / H100 and 1/64 of it on most other parts (L4, L40S,
+/// consumer cards), where a double exp per logit would make these kernels compute-bound instead of
+/// bandwidth-bound. The merges (256 per row) stay in double.
 ///
 /// bfloat16 logits (with float outputs) take the same kernels, each element widened as it is read: half the
 /// bytes of float logits per row.
 ///
 /// CPU reference: the generic row functors `token_logprobs_row` / `token_logprobs_backward_row` in
-/// rlhf/ops/token_logprobs.hpp, which use the same state and finish functions. The CPU tests replay this
-/// kernel's split-and-merge order on the host (tests/backends/online_logsumexp_test.cpp); the GPU test
+/// rlhf/ops/token_logprobs.hpp, which use the same state, element and finish functions. The CPU tests replay
+/// this kernel's split-and-merge order on the host, float runs included (tests/backends/online_logsumexp_test.cpp);
+/// the GPU test
 /// (tests/cuda/cuda_backend_test.cu) holds the kernels to the reference backend.
 #pragma once
 
 #include <cstddef>
+#include <type_traits>
 
 #include "rlhf/backends/cuda.cuh"
 #include "rlhf/backends/online_logsumexp.hpp"
@@ -89,8 +99,7 @@ __global__ void __launch_bounds__(Threads)
   }
   const std::size_t v = logits.cols;
   const L* row = logits.data + r * v;
-  rlhf::detail::logp_online_state st;
-  for (std::size_t j = threadIdx.x; j < v; j += Threads) st.add(static_cast<double>(row[j]), inv_t);
+  rlhf::detail::logp_online_state st = rlhf::detail::logp_strided_partial(row, v, threadIdx.x, Threads, inv_t);
   st = block_merge<Threads>(st, inv_t);
   if (threadIdx.x == 0) {
     double lp = 0.0, lse = 0.0, h = 0.0;
@@ -121,8 +130,19 @@ __global__ void __launch_bounds__(Threads)
   const double h = entropy.empty() ? 0.0 : static_cast<double>(entropy[r]);
   const double lse = static_cast<double>(logsumexp[r]);
   const std::size_t y = static_cast<std::size_t>(tokens[r]);
-  for (std::size_t j = threadIdx.x; j < v; j += Threads) {
-    out[j] = static_cast<L>(rlhf::detail::logp_backward_element(static_cast<double>(row[j]), j == y, lse, g, gh, h, inv_t));
+  if constexpr (std::is_same_v<L, double>) {
+    for (std::size_t j = threadIdx.x; j < v; j += Threads) {
+      out[j] = rlhf::detail::logp_backward_element(row[j], j == y, lse, g, gh, h, inv_t);
+    }
+  } else {
+    // Float arithmetic per element (logp_backward_float, as the generic row); the token's column in double by
+    // the thread that owns it, which reads its logit before writing over it.
+    const auto element = rlhf::detail::logp_backward_float::of(lse, g, gh, h, inv_t);
+    for (std::size_t j = threadIdx.x; j < v; j += Threads) {
+      const float z = rlhf::detail::logit_as_float(row[j]);
+      out[j] = static_cast<L>(j == y ? static_cast<float>(rlhf::detail::logp_backward_element(z, true, lse, g, gh, h, inv_t))
+                                     : element(z));
+    }
   }
 }
 
