@@ -20,17 +20,22 @@
 /// products that follow add nothing from them. Products use cuBLAS's column-major convention
 /// (`strided_product`): a row-major [r, c] matrix with row stride ld is the column-major [c, r] matrix with
 /// leading dimension ld, which is how every operand below is read. Row passes accumulate in double, as the
-/// generic path does; the products accumulate in T. tests/backends/attention_products_test.cpp runs this
-/// with a host product against the generic path.
+/// generic path does; the products accumulate in T. The softmax's exponentials of float scores are taken in
+/// float (rlhf::detail::polynomial_exp, then summed in double): two per score, they were the pass's only
+/// double transcendental work, and a GPU's double rate is half its float rate on A100 / H100 and 1/64 of
+/// it on L4 / L40S and consumer parts, where they would have outweighed the products.
+/// tests/backends/attention_products_test.cpp runs this with a host product against the generic path.
 #pragma once
 
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "rlhf/backends/attention_shape.hpp"
 #include "rlhf/backends/concepts.hpp"
 #include "rlhf/backends/memory.hpp"
+#include "rlhf/backends/polynomial_exp.hpp"
 #include "rlhf/backends/view.hpp"
 #include "rlhf/config.hpp"
 
@@ -68,6 +73,15 @@ struct attention_softmax_rows {
 
   RLHF_HOST_DEVICE std::size_t visible(std::size_t r) const { return attention_visible_keys(lengths, bb, r % seq, seq); }
 
+  /// e^(s - m) for a score s and the row's maximum m (a score, so exact in T): in float for float scores.
+  RLHF_HOST_DEVICE static double shifted_exp(T s, double m) {
+    if constexpr (std::is_same_v<T, float>) {
+      return static_cast<double>(rlhf::detail::polynomial_exp(s - static_cast<float>(m)));
+    } else {
+      return exp(static_cast<double>(s) - m);
+    }
+  }
+
   /// The largest visible score among the part's elements (-infinity when it has none).
   RLHF_HOST_DEVICE double partial_max(std::size_t r, std::size_t first, std::size_t step) const {
     const std::size_t lim = visible(r);
@@ -85,7 +99,7 @@ struct attention_softmax_rows {
     const std::size_t lim = visible(r);
     const T* row = p + r * seq;
     double sum = 0.0;
-    for (std::size_t j = first; j < lim; j += step) sum += exp(static_cast<double>(row[j]) - m);  // max subtracted
+    for (std::size_t j = first; j < lim; j += step) sum += shifted_exp(row[j], m);  // max subtracted
     return sum;
   }
 
@@ -94,7 +108,7 @@ struct attention_softmax_rows {
     const std::size_t lim = visible(r);
     T* row = p + r * seq;
     for (std::size_t j = first; j < seq; j += step)
-      row[j] = j < lim ? static_cast<T>(exp(static_cast<double>(row[j]) - m) / sum) : T(0);
+      row[j] = j < lim ? static_cast<T>(shifted_exp(row[j], m) / sum) : T(0);
   }
 
   RLHF_HOST_DEVICE void operator()(std::size_t r) const {
