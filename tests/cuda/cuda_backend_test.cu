@@ -119,6 +119,12 @@ void gemm_matches_reference(const rlhf::cuda_backend& b) {
   auto dc = rlhf::allocate_filled<T>(b, 2, 2, std::numeric_limits<T>::quiet_NaN());
   b.gemm<T>(transpose::no, transpose::no, T(1), rlhf::as_const(da.view()), rlhf::as_const(db.view()), T(0), dc.view());
   expect(rlhf::to_host(b, dc.view()) == std::vector<T>(4, T(6)), "gemm with beta = 0 over NaN");
+  // k = 0 (handled before cuBLAS, which leaves such a C unchanged on some versions): C = beta C, zeros for beta = 0.
+  auto empty_a = rlhf::allocate<T>(b, 2, 0), empty_b = rlhf::allocate<T>(b, 0, 2);
+  auto dz = rlhf::allocate_filled<T>(b, 2, 2, std::numeric_limits<T>::quiet_NaN());
+  b.gemm<T>(transpose::no, transpose::no, T(1), rlhf::as_const(empty_a.view()), rlhf::as_const(empty_b.view()), T(0),
+            dz.view());
+  expect(rlhf::to_host(b, dz.view()) == std::vector<T>(4, T(0)), "gemm with k = 0 and beta = 0 over NaN");
 }
 
 // TF32 tensor-core products (set_tf32): float GEMMs within TF32's rounding (10-bit mantissa inputs) of the

@@ -413,6 +413,10 @@ TEMPLATE_LIST_TEST_CASE("ranking_loss: argument errors", "[losses][ranking_loss]
                     Catch::Contains("'d_rewards'") && Catch::Contains("[2, 3]") && Catch::Contains("received [2, 2]"));
   CHECK_THROWS_WITH(ranking_loss(b, R, as_const(rk.view()).row_block(0, 1), as_const(cn.view().flat()), none),
                     Catch::Contains("'ranks'") && Catch::Contains("received [1, 3]"));
+  // The gradient written over the rewards (or part of them) would feed later entries with gradients.
+  CHECK_THROWS_WITH(ranking_loss(b, R, as_const(rk.view()), as_const(cn.view().flat()), r.view()),
+                    Catch::Contains("rlhf::ranking_loss") && Catch::Contains("'d_rewards'") &&
+                        Catch::Contains("storage separate from 'rewards'") && Catch::Contains("overlapping"));
   CHECK_THROWS_WITH(ranking_loss(b, as_const(r.view()).row_block(0, 0), as_const(rk.view()).row_block(0, 0),
                                  as_const(cn.view().flat()).subview(0, 0), none),
                     Catch::Contains("'rewards'") && Catch::Contains("P >= 1"));
@@ -525,6 +529,9 @@ TEMPLATE_LIST_TEST_CASE("best_of_k_loss: argument errors", "[losses][best_of_k][
                     Catch::Contains("'best'") && Catch::Contains("size 2"));
   CHECK_THROWS_WITH(best_of_k_loss(b, R, as_const(best_ok.view().flat()), as_const(cn_low.view().flat()), none),
                     Catch::Contains("'counts'") && Catch::Contains("received 0 at prompt 0"));
+  CHECK_THROWS_WITH(best_of_k_loss(b, R, as_const(best_ok.view().flat()), as_const(cn.view().flat()), r.view()),
+                    Catch::Contains("rlhf::best_of_k_loss") && Catch::Contains("'d_rewards'") &&
+                        Catch::Contains("overlapping"));
   best_of_k_options o;
   o.center_coefficient = std::numeric_limits<double>::infinity();
   CHECK_THROWS_WITH(best_of_k_loss(b, R, as_const(best_ok.view().flat()), as_const(cn.view().flat()), none, o),

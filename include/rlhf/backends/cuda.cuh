@@ -42,6 +42,7 @@
 #include <thrust/system/cuda/execution_policy.h>
 
 #include <atomic>
+#include <climits>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -92,6 +93,35 @@ inline const char* cublas_status_name(cublasStatus_t status) {
   }
 }
 
+/// cuBLAS takes sizes and leading dimensions as int: a larger one would wrap. Throws naming the value.
+inline void check_cublas_extent(const char* function, std::size_t extent) {
+  if (extent > static_cast<std::size_t>(INT_MAX)) {
+    throw rlhf::cuda_error(std::string(function) + ": a matrix extent of " + std::to_string(extent) +
+                           " exceeds cuBLAS's int range (" + std::to_string(INT_MAX) + ")");
+  }
+}
+template <class... Extents>
+void check_cublas_extents(const char* function, Extents... extents) {
+  (check_cublas_extent(function, static_cast<std::size_t>(extents)), ...);
+}
+
+/// A launch's block count as CUDA's gridDim.x (at most 2^31 - 1): throws naming the kernel beyond it, where a
+/// cast would wrap and skip rows.
+inline unsigned grid_blocks(std::size_t blocks, const char* function) {
+  if (blocks > static_cast<std::size_t>(INT_MAX)) {
+    throw rlhf::cuda_error(std::string(function) + ": " + std::to_string(blocks) +
+                           " blocks exceed CUDA's grid limit of 2^31 - 1");
+  }
+  return static_cast<unsigned>(blocks);
+}
+
+/// x -> s x (the k == 0 case of gemm).
+template <class T>
+struct cuda_scale {
+  T s;
+  RLHF_HOST_DEVICE T operator()(T x) const { return s * x; }
+};
+
 inline void cublas_check(cublasStatus_t status, const char* function, const char* call) {
   if (status != CUBLAS_STATUS_SUCCESS) {
     throw rlhf::cuda_error(std::string(function) + ": " + call + " failed: " + cublas_status_name(status));
@@ -129,15 +159,16 @@ inline void retain_pool_memory(int device) {
   const std::uint64_t bit = device < 64 ? std::uint64_t{1} << device : 0;
   if (bit != 0 && (done.load(std::memory_order_acquire) & bit) != 0) return;
   cudaMemPool_t pool = nullptr;
-  if (cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess) {
-    std::uint64_t threshold = 0;
-    if (cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold) == cudaSuccess &&
-        threshold == 0) {
-      threshold = UINT64_MAX;
-      (void)cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold);
+  std::uint64_t threshold = 0;
+  if (cudaDeviceGetDefaultMemPool(&pool, device) != cudaSuccess ||
+      cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold) != cudaSuccess) {
+    (void)cudaGetLastError();  // no pools on this device (allocations fall back to cudaMalloc): clear our error only
+  } else if (threshold == 0) {
+    threshold = UINT64_MAX;
+    if (cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold) != cudaSuccess) {
+      (void)cudaGetLastError();
     }
   }
-  (void)cudaGetLastError();  // no pools on this device: allocations fall back to cudaMalloc
   done.fetch_or(bit, std::memory_order_release);
 }
 
@@ -148,21 +179,38 @@ template <>
 struct thrust_buffer_memory<cuda_stream_policy> {
   template <class T>
   static T* allocate(cuda_stream_policy& policy, std::size_t n) {
-    int device = 0;
-    detail::cuda_check(cudaGetDevice(&device), "rlhf::cuda_backend::allocate", "cudaGetDevice");
+    constexpr const char* fn = "rlhf::cuda_backend::allocate";
+    if (n > SIZE_MAX / sizeof(T)) {
+      throw rlhf::cuda_error(std::string(fn) + ": " + std::to_string(n) + " elements of " +
+                             std::to_string(sizeof(T)) + " bytes exceed the address space");
+    }
+    const cudaStream_t stream = get_stream(policy);
+    int device = 0;  // the stream's device, whose pool cudaMallocAsync draws from (not necessarily the current one)
+#if CUDART_VERSION >= 12080
+    detail::cuda_check(cudaStreamGetDevice(stream, &device), fn, "cudaStreamGetDevice");
+#else
+    detail::cuda_check(cudaGetDevice(&device), fn, "cudaGetDevice");  // no cudaStreamGetDevice before CUDA 12.8
+#endif
     detail::retain_pool_memory(device);
     const std::size_t bytes = n * sizeof(T);
     void* data = nullptr;
-    const cudaStream_t stream = get_stream(policy);
     cudaError_t status = cudaMallocAsync(&data, bytes, stream);
     if (status == cudaErrorMemoryAllocation) {
-      // The pool may hold released memory in pieces too small for this request: wait for pending
-      // releases, give the pool's unused memory back to the driver, and try once more.
+      // The pool may hold released memory in pieces too small for this request: wait for the stream's
+      // pending releases, give the pool's unused memory back to the driver, and try once more. Not while the
+      // stream is being captured into a graph, where waiting is illegal.
       (void)cudaGetLastError();
+      cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
       cudaMemPool_t pool = nullptr;
-      if (cudaDeviceSynchronize() == cudaSuccess && cudaDeviceGetMemPool(&pool, device) == cudaSuccess) {
-        (void)cudaMemPoolTrimTo(pool, 0);
-        status = cudaMallocAsync(&data, bytes, stream);
+      if (cudaStreamIsCapturing(stream, &capture) == cudaSuccess && capture == cudaStreamCaptureStatusNone) {
+        const cudaError_t waited = cudaStreamSynchronize(stream);
+        if (waited != cudaSuccess) {
+          detail::cuda_check(waited, fn, "cudaStreamSynchronize (before retrying an allocation)");
+        }
+        if (cudaDeviceGetMemPool(&pool, device) == cudaSuccess) {
+          (void)cudaMemPoolTrimTo(pool, 0);
+          status = cudaMallocAsync(&data, bytes, stream);
+        }
       }
     }
     if (status == cudaErrorNotSupported) {  // no memory pools here: plain allocation
@@ -174,7 +222,7 @@ struct thrust_buffer_memory<cuda_stream_policy> {
       std::size_t free_bytes = 0, total_bytes = 0;
       (void)cudaMemGetInfo(&free_bytes, &total_bytes);
       (void)cudaGetLastError();
-      throw rlhf::cuda_error("rlhf::cuda_backend::allocate: " + std::to_string(bytes) + " bytes (" +
+      throw rlhf::cuda_error(std::string(fn) + ": " + std::to_string(bytes) + " bytes (" +
                              std::to_string(n) + " elements) on device " + std::to_string(device) + " failed: " +
                              cudaGetErrorName(status) + " (" + cudaGetErrorString(status) + "); the device has " +
                              std::to_string(free_bytes) + " of " + std::to_string(total_bytes) + " bytes free");
@@ -214,10 +262,21 @@ struct cuda_backend : thrust_backend<cuda_stream_policy, cuda_space> {
   /// The backend's cuBLAS handle, bound to its stream (created on first use, in the math mode of set_tf32).
   cublasHandle_t cublas() const {
     std::call_once(state_->cublas_once, [s = state_.get()] {
-      detail::cublas_check(cublasCreate(&s->cublas), "rlhf::cuda_backend::cublas", "cublasCreate");
-      detail::cublas_check(cublasSetStream(s->cublas, s->stream), "rlhf::cuda_backend::cublas", "cublasSetStream");
-      detail::cublas_check(cublasSetMathMode(s->cublas, s->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH),
-                           "rlhf::cuda_backend::cublas", "cublasSetMathMode");
+      // Set up in a local handle, published only once bound to the stream (a failure destroys it, and
+      // call_once lets a later call try again).
+      constexpr const char* fn = "rlhf::cuda_backend::cublas";
+      cublasHandle_t h = nullptr;
+      detail::cublas_check(cublasCreate(&h), fn, "cublasCreate");
+      const cublasStatus_t bound = cublasSetStream(h, s->stream);
+      const cublasStatus_t mode =
+          bound == CUBLAS_STATUS_SUCCESS
+              ? cublasSetMathMode(h, s->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH)
+              : bound;
+      if (mode != CUBLAS_STATUS_SUCCESS) {
+        cublasDestroy(h);
+        detail::cublas_check(mode, fn, bound != CUBLAS_STATUS_SUCCESS ? "cublasSetStream" : "cublasSetMathMode");
+      }
+      s->cublas = h;
     });
     return state_->cublas;
   }
@@ -250,6 +309,16 @@ struct cuda_backend : thrust_backend<cuda_stream_policy, cuda_space> {
                                    {nullptr, b.rows, b.cols}, {nullptr, c.rows, c.cols});
       if (c.rows == 0 || c.cols == 0) return;
       const std::size_t k = op_a == transpose::no ? a.cols : a.rows;
+      if (k == 0) {  // C = beta C, without asking cuBLAS about an empty inner dimension
+        const vector_view<T, cuda_space> cv = c.flat();
+        if (beta == T(0)) {
+          this->fill(cv, T(0));
+        } else {
+          this->transform(cv, detail::cuda_scale<T>{beta}, as_const(cv));
+        }
+        return;
+      }
+      detail::check_cublas_extents("rlhf::cuda_backend::gemm", c.rows, c.cols, k, a.cols, b.cols);
       const auto op = [](transpose t) { return t == transpose::no ? CUBLAS_OP_N : CUBLAS_OP_T; };
       const auto ld = [](std::size_t cols) { return static_cast<int>(cols == 0 ? 1 : cols); };
       const int m_cm = static_cast<int>(c.cols), n_cm = static_cast<int>(c.rows), k_cm = static_cast<int>(k);

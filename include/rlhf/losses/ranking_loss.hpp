@@ -335,7 +335,16 @@ void check_ranked_shapes(const char* function, backend_matrix<B, const T> reward
     throw_argument_error(function, "rewards", "shape [P, K_max] with P >= 1 and K_max >= 2", shape_string(rewards));
   }
   check_size(function, "counts", counts, rewards.rows, "(the rows of 'rewards')");
-  if (!(d_rewards.data == nullptr && d_rewards.size() == 0)) check_same_shape(function, "d_rewards", d_rewards, "rewards", rewards);
+  if (!(d_rewards.data == nullptr && d_rewards.size() == 0)) {
+    check_same_shape(function, "d_rewards", d_rewards, "rewards", rewards);
+    // A prompt's gradient entries each read every reward of the prompt: writing them over the rewards would
+    // feed later entries with gradients (and on a GPU, in an order that depends on the threads).
+    const T* r0 = rewards.data;
+    const T* d0 = d_rewards.data;
+    if (d0 < r0 + rewards.size() && r0 < d0 + d_rewards.size()) {
+      throw_argument_error(function, "d_rewards", "storage separate from 'rewards'", "a view overlapping 'rewards'");
+    }
+  }
 }
 
 }  // namespace detail
@@ -356,7 +365,8 @@ void check_ranked_shapes(const char* function, backend_matrix<B, const T> reward
 /// @param rewards [P, K_max] rewards; columns >= counts[p] are ignored.
 /// @param ranks [P, K_max] ranks, 0 = best, equal = tie; must lie in [0, counts[p]) for valid entries.
 /// @param counts [P] number of valid responses per prompt, in [2, K_max].
-/// @param d_rewards [P, K_max] output: d loss / d rewards (zeros beyond counts[p]); empty view = forward only.
+/// @param d_rewards [P, K_max] output: d loss / d rewards (zeros beyond counts[p]); empty view = forward only;
+///        must not overlap `rewards`.
 /// @param options margin, centering, normalization (defaults: InstructGPT).
 /// @return loss, its pair and centering parts, pooled pair accuracy and mean reward gap of compared pairs.
 /// @note Allocates one 5 x P double scratch buffer per call on the backend.

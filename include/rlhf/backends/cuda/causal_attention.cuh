@@ -12,6 +12,12 @@
 /// ran one thread per query with scalar dot products over its keys; the products run on the tensor-core
 /// GEMMs instead. Everything is enqueued on the backend's stream.
 ///
+/// One difference from the generic path at padding: the products span all T keys of a sequence and the
+/// row pass zeros the probabilities past its length, so key and value rows past `lengths[b]` are multiplied
+/// by 0, where the generic path never reads them. They must be finite (0 * NaN is NaN): the model's
+/// projections always write them; a caller passing its own q / k / v with uninitialized padding rows must
+/// fill them. The scratch of the products is Hq * T * T elements per sequence, with or without `probs`.
+///
 /// CPU reference: the generic path of rlhf/models/layers/attention.hpp. tests/backends/attention_products_test.cpp
 /// runs this algorithm on the host with a product of cuBLAS's semantics against it; the GPU test holds this
 /// specialization to the reference backend.
@@ -37,6 +43,8 @@ void strided_batched_product(const cuda_backend& b, const rlhf::detail::strided_
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
                 "rlhf::cuda_backend attention: cuBLAS products take float or double");
   if (p.batch == 0 || p.m == 0 || p.n == 0) return;
+  rlhf::backends::detail::check_cublas_extents("rlhf::causal_attention (cuda_backend)", p.m, p.n, p.k, p.lda, p.ldb,
+                                               p.ldc, p.batch);
   const auto op = [](bool t) { return t ? CUBLAS_OP_T : CUBLAS_OP_N; };
   const auto i = [](std::size_t x) { return static_cast<int>(x); };
   const auto l = [](std::size_t x) { return static_cast<long long>(x); };

@@ -124,7 +124,7 @@ void rlhf_specialized_gae(const cuda_backend& b, matrix_view<const T, cuda_space
                           T gamma, T lambda, matrix_view<T, cuda_space> advantages, matrix_view<T, cuda_space> returns) {
   constexpr unsigned items = cuda_kernels::gae_items, warps = cuda_kernels::gae_warps_per_block;
   if (rewards.rows * rewards.cols == 0) return;
-  const auto blocks = static_cast<unsigned>((rewards.rows + warps - 1) / warps);
+  const unsigned blocks = detail::grid_blocks((rewards.rows + warps - 1) / warps, "rlhf::gae (CUDA kernel)");
   cuda_kernels::gae_rows<T, items, warps><<<blocks, warps * cuda_kernels::warp_size, 0, b.stream()>>>(
       cuda_kernels::gae_stored_rewards<T>{rewards}, values, mask, gamma, gamma * lambda, advantages, returns);
   detail::cuda_check(cudaGetLastError(), "rlhf::gae (CUDA kernel)", "gae_rows<<<>>>");

@@ -152,7 +152,8 @@ void rlhf_specialized_k1_kl_penalized_advantages(
   if (rows == 0) return;
   auto row_sums = b.allocate<sums>(1, rows);
   constexpr unsigned items = cuda_kernels::gae_items, warps = cuda_kernels::gae_warps_per_block;
-  const auto blocks = static_cast<unsigned>((rows + warps - 1) / warps);
+  const unsigned blocks =
+      detail::grid_blocks((rows + warps - 1) / warps, "rlhf::kl_penalized_advantages (CUDA kernel)");
   const cuda_kernels::k1_kl_penalized_reward_source<T> source{
       logp, ref_logp, mask, shaped_scores, kl, rewards, static_cast<T>(-beta), placement, row_sums.data()};
   cuda_kernels::gae_rows<T, items, warps><<<blocks, warps * cuda_kernels::warp_size, 0, b.stream()>>>(

@@ -97,7 +97,7 @@ void rlhf_specialized_ranking_loss(const cuda_backend& b, matrix_view<const T, c
   constexpr unsigned warps = 8;
   const std::size_t prompts = rewards.rows;
   if (prompts == 0) return;
-  const auto blocks = static_cast<unsigned>((prompts + warps - 1) / warps);
+  const unsigned blocks = detail::grid_blocks((prompts + warps - 1) / warps, "rlhf::ranking_loss (CUDA kernel)");
   cuda_kernels::ranking_prompts<T, warps><<<blocks, warps * cuda_kernels::warp_size, 0, b.stream()>>>(
       rewards, ranks, counts, d_rewards, scratch, margin, center, 1.0 / static_cast<double>(prompts), pair_sums,
       compared_only);

@@ -126,7 +126,7 @@ void run_split_rows(const cuda_backend& b, std::size_t count, std::size_t row_le
   constexpr unsigned rows_per_warp_block = block / warp_size;
   const bool by_block = row_length > split_row_warp_limit;
   const std::size_t grid = by_block ? count : (count + rows_per_warp_block - 1) / rows_per_warp_block;
-  const auto blocks = static_cast<unsigned>(grid);
+  const unsigned blocks = detail::grid_blocks(grid, what);
   if constexpr (Kernel == split_row_kernel::sum_then_write) {
     if (by_block)
       sum_then_write_rows<block, block, Row><<<blocks, block, 0, b.stream()>>>(row, count);

@@ -91,7 +91,7 @@ Sums weighted_row_loss(const cuda_backend& b, matrix_view<const T, cuda_space> a
   if (rows == 0) return Sums{};
   auto row_sums = b.allocate<Sums>(1, rows);
   constexpr unsigned threads = cuda_backend::row_block_threads;
-  weighted_row_loss_rows<T, Sums, Terms, threads><<<static_cast<unsigned>(rows), threads, 0, b.stream()>>>(
+  weighted_row_loss_rows<T, Sums, Terms, threads><<<detail::grid_blocks(rows, what), threads, 0, b.stream()>>>(
       a, bb, c, mask, w, grad, terms, row_sums.data());
   detail::cuda_check(cudaGetLastError(), what, "weighted_row_loss_rows<<<>>>");
   const vector_view<const Sums, cuda_space> all{row_sums.data(), rows};

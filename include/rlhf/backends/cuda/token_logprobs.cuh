@@ -157,7 +157,9 @@ void rlhf_specialized_token_logprobs(const cuda_backend& b, matrix_view<const L,
                                      vector_view<T, cuda_space> logsumexp, vector_view<T, cuda_space> entropy,
                                      double temperature) {
   constexpr unsigned threads = cuda_backend::row_block_threads;
-  cuda_kernels::token_logprobs_rows<T, L, threads><<<static_cast<unsigned>(logits.rows), threads, 0, b.stream()>>>(
+  if (logits.rows == 0) return;
+  const unsigned blocks = detail::grid_blocks(logits.rows, "rlhf::token_logprobs (CUDA kernel)");
+  cuda_kernels::token_logprobs_rows<T, L, threads><<<blocks, threads, 0, b.stream()>>>(
       logits, tokens, mask, logprobs, logsumexp, entropy, 1.0 / temperature);
   detail::cuda_check(cudaGetLastError(), "rlhf::token_logprobs (CUDA kernel)", "token_logprobs_rows<<<>>>");
 }
@@ -174,7 +176,9 @@ void rlhf_specialized_token_logprobs_backward(const cuda_backend& b, matrix_view
                                               vector_view<const T, cuda_space> d_entropy,
                                               matrix_view<L, cuda_space> dlogits, double temperature) {
   constexpr unsigned threads = cuda_backend::row_block_threads;
-  cuda_kernels::token_logprobs_backward_rows<T, L, threads><<<static_cast<unsigned>(logits.rows), threads, 0, b.stream()>>>(
+  if (logits.rows == 0) return;
+  const unsigned blocks = detail::grid_blocks(logits.rows, "rlhf::token_logprobs_backward (CUDA kernel)");
+  cuda_kernels::token_logprobs_backward_rows<T, L, threads><<<blocks, threads, 0, b.stream()>>>(
       logits, tokens, mask, logsumexp, d_logprobs, entropy, d_entropy, dlogits, 1.0 / temperature);
   detail::cuda_check(cudaGetLastError(), "rlhf::token_logprobs_backward (CUDA kernel)", "token_logprobs_backward_rows<<<>>>");
 }
