@@ -6,6 +6,8 @@
 /// of the backend concept runs on the GPU as a Thrust algorithm, and overrides what pays:
 /// - `gemm` calls cuBLAS (`cublasSgemm` / `cublasDgemm`) for float and double; other element types use the
 ///   Thrust tiles;
+/// - `transform_reduce` and `reduce_rows` fold each range on a block of threads in an order-preserving tree
+///   (rlhf/backends/cuda/reduce.cuh) instead of Thrust's one thread per range;
 /// - the specialized kernels in `rlhf/backends/cuda/*.cuh` (found by argument-dependent lookup, like the
 ///   Eigen backend's) replace an algorithm's generic path; each kernel's arithmetic is a host-and-device
 ///   function of the ops layer that the CPU tests exercise, and the GPU tests hold the kernel to the
@@ -49,8 +51,10 @@
 #include <mutex>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "rlhf/backends/concepts.hpp"
+#include "rlhf/backends/cuda/reduce.cuh"
 #include "rlhf/backends/thrust.hpp"
 #include "rlhf/backends/view.hpp"
 #include "rlhf/error.hpp"
@@ -296,6 +300,55 @@ struct cuda_backend : thrust_backend<cuda_stream_policy, cuda_space> {
   }
   /// Whether float products may use TF32 tensor cores (set_tf32).
   bool tf32() const { return state_->tf32; }
+
+  /// Folds f(in[i]...) into init with the associative op and returns the result on the host: each range of
+  /// `reduce_block` elements on a block of 256 threads (contiguous slices combined in order,
+  /// cuda/reduce.cuh), the ranges' results folded on the host in order after one copy, which waits for the
+  /// stream. The grouping depends only on the length, so results are reproducible; accumulators over 128
+  /// bytes take the Thrust backend's fold.
+  template <class Acc, class Op, class F, class In0, class... In>
+  Acc transform_reduce(Acc init, Op op, F f, vector_view<In0, cuda_space> in0, vector_view<In, cuda_space>... in) const {
+    if constexpr (sizeof(Acc) > cuda_kernels::ordered_reduce_max_bytes) {
+      return base_backend::transform_reduce(init, op, f, in0, in...);
+    } else {
+      constexpr const char* fn = "rlhf::cuda_backend::transform_reduce";
+      detail::check_same_sizes(fn, in0.size, in.size...);
+      const std::size_t n = in0.size;
+      if (n == 0) return init;
+      const std::size_t blocks = (n + reduce_block - 1) / reduce_block;
+      auto device_partial = allocate<Acc>(1, blocks);
+      constexpr unsigned threads = detail::ordered_reduce_threads;
+      cuda_kernels::ordered_transform_reduce_blocks<Acc, threads><<<detail::grid_blocks(blocks, fn), threads, 0, stream()>>>(
+          device_partial.data(), init, op, f, detail::make_pointer_pack(in0.data, in.data...), n, reduce_block);
+      detail::cuda_check(cudaGetLastError(), fn, "ordered_transform_reduce_blocks<<<>>>");
+      std::vector<Acc> partial(blocks, init);
+      copy(vector_view<const Acc, cuda_space>{device_partial.data(), blocks},
+           vector_view<Acc, host_space>{partial.data(), blocks});
+      Acc acc = init;
+      for (const Acc& p : partial) acc = op(acc, p);
+      return acc;
+    }
+  }
+
+  /// out[r] = init op f(0, in(r, 0)...) op f(1, in(r, 1)...) ...: a block of 256 threads per row, contiguous
+  /// slices combined in order (cuda/reduce.cuh); enqueued on the stream. Accumulators over 128 bytes take the
+  /// Thrust backend's one-thread-per-row fold.
+  template <class Acc, class Op, class F, class In0, class... In>
+  void reduce_rows(vector_view<Acc, cuda_space> out, Acc init, Op op, F f, matrix_view<In0, cuda_space> in0,
+                   matrix_view<In, cuda_space>... in) const {
+    if constexpr (sizeof(Acc) > cuda_kernels::ordered_reduce_max_bytes) {
+      base_backend::reduce_rows(out, init, op, f, in0, in...);
+    } else {
+      constexpr const char* fn = "rlhf::cuda_backend::reduce_rows";
+      detail::check_same_sizes(fn, in0.rows, out.size, in.rows...);
+      detail::check_same_sizes(fn, in0.cols, in.cols...);
+      if (in0.rows == 0) return;
+      constexpr unsigned threads = detail::ordered_reduce_threads;
+      cuda_kernels::ordered_reduce_rows<Acc, threads><<<detail::grid_blocks(in0.rows, fn), threads, 0, stream()>>>(
+          out.data, init, op, f, detail::make_pointer_pack(in0.data, in.data...), in0.cols);
+      detail::cuda_check(cudaGetLastError(), fn, "ordered_reduce_rows<<<>>>");
+    }
+  }
 
   /// Row-major C = alpha op(A) op(B) + beta C. For float and double: cuBLAS, which is column-major, computes
   /// the transpose C^T = op(B)^T op(A)^T, since a row-major matrix read as column-major is its transpose.
