@@ -3,7 +3,8 @@
 // semantics, the row passes on the reference backend (one thread per row) and as the CUDA backend's split-row
 // kernels replay them (a warp or a block of threads per row, tests/backends/split_rows_replay.hpp), against
 // the generic path of rlhf::causal_attention_forward / _backward. Grouped heads (every operand stride),
-// several sequences, ragged lengths (an empty sequence), T = 1, with saved probs and with the scratch.
+// several sequences, ragged lengths (an empty sequence; NaN in the padding keys and values, which the products
+// must not read), T = 1, with saved probs and with the scratch.
 #include "rlhf/backends/attention_products.hpp"
 
 #include <vector>
@@ -94,15 +95,25 @@ TEMPLATE_TEST_CASE("attention as strided-batched products matches the generic pa
         causal_attention_backward(b, as_const(bq.view()), as_const(bk.view()), as_const(bv.view()),
                                   as_const(want_probs.view()), as_const(bd.view()), s.batch, s.n_heads, s.n_kv_heads,
                                   want_dq.view(), want_dk.view(), want_dv.view(), lv);
-        // The products, outputs starting as NaN (beta = 0 must overwrite them).
+        // The products, outputs starting as NaN (beta = 0 must overwrite them), and with lengths, the key and
+        // value rows past each length NaN too: the products must not read them (the generic path does not).
         const T nan = std::numeric_limits<T>::quiet_NaN();
+        std::vector<T> k_pad = k, v_pad = v;
+        if (with_lengths) {
+          for (std::size_t bb = 0; bb < s.batch; ++bb) {
+            for (std::size_t t = static_cast<std::size_t>(lengths[bb]); t < s.seq; ++t) {
+              for (std::size_t c = 0; c < kc; ++c) k_pad[(bb * s.seq + t) * kc + c] = v_pad[(bb * s.seq + t) * kc + c] = nan;
+            }
+          }
+        }
+        auto pk = to_backend(b, k_pad, rows, kc), pv = to_backend(b, v_pad, rows, kc);
         auto out = allocate_filled<T>(b, rows, qc, nan), online = allocate_filled<T>(b, rows, qc, nan);
         auto probs = allocate_filled<T>(b, prob_rows, s.seq, nan);
         detail::attention_forward_by_products<reference_backend, T>(
-            b, product, row_pass, as_const(bq.view()), as_const(bk.view()), as_const(bv.view()), s.batch, s.n_heads,
+            b, product, row_pass, as_const(bq.view()), as_const(pk.view()), as_const(pv.view()), s.batch, s.n_heads,
             s.n_kv_heads, out.view(), probs.view(), lv);
         detail::attention_forward_by_products<reference_backend, T>(b, product, row_pass, as_const(bq.view()),
-                                                                    as_const(bk.view()), as_const(bv.view()), s.batch,
+                                                                    as_const(pk.view()), as_const(pv.view()), s.batch,
                                                                     s.n_heads, s.n_kv_heads, online.view(), {}, lv);
         CHECK_THAT(to_host(b, out.view()), close_to<T>(to_host(b, want_out.view()), rtol, atol));
         CHECK_THAT(to_host(b, online.view()), close_to<T>(to_host(b, want_out.view()), rtol, atol));
@@ -110,7 +121,7 @@ TEMPLATE_TEST_CASE("attention as strided-batched products matches the generic pa
         auto dq = allocate_filled<T>(b, rows, qc, nan), dk = allocate_filled<T>(b, rows, kc, nan),
              dv = allocate_filled<T>(b, rows, kc, nan);
         detail::attention_backward_by_products<reference_backend, T>(
-            b, product, row_pass, as_const(bq.view()), as_const(bk.view()), as_const(bv.view()), as_const(probs.view()),
+            b, product, row_pass, as_const(bq.view()), as_const(pk.view()), as_const(pv.view()), as_const(probs.view()),
             as_const(bd.view()), s.batch, s.n_heads, s.n_kv_heads, dq.view(), dk.view(), dv.view(), lv);
         CHECK_THAT(to_host(b, dq.view()), close_to<T>(to_host(b, want_dq.view()), rtol, atol));
         CHECK_THAT(to_host(b, dk.view()), close_to<T>(to_host(b, want_dk.view()), rtol, atol));

@@ -15,9 +15,11 @@
 ///               dQ_h = dS_h K_kvh / sqrt(hd)
 ///               dK_kvh = sum_g dS_h^T Q_h / sqrt(hd),  dV_kvh = sum_g P_h^T dO_h   (beta = 1 after g = 0)
 ///
-/// (Vaswani et al. 2017, eq. 1, and its softmax Jacobian.) The products are square T x T for the scores:
-/// the causal mask is applied by the row pass, which writes exact zeros past each row's visible keys, so the
-/// products that follow add nothing from them. Products use cuBLAS's column-major convention
+/// (Vaswani et al. 2017, eq. 1, and its softmax Jacobian.) The products span T queries by the sequence's n_b
+/// valid keys (lengths copied to the host once per call, `attention_key_extents`): padding keys and values
+/// are never read, and the rows of dK and dV past n_b are set to 0. Within that, the causal mask is applied
+/// by the row pass, which writes exact zeros past each row's visible keys, so the products that follow add
+/// nothing from them. Products use cuBLAS's column-major convention
 /// (`strided_product`): a row-major [r, c] matrix with row stride ld is the column-major [c, r] matrix with
 /// leading dimension ld, which is how every operand below is read. Row passes accumulate in double, as the
 /// generic path does; the products accumulate in T. The softmax's exponentials of float scores are taken in
@@ -31,6 +33,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #include "rlhf/backends/attention_shape.hpp"
 #include "rlhf/backends/concepts.hpp"
@@ -158,6 +161,28 @@ struct attention_rows_by_index {
   }
 };
 
+/// Each sequence's key extent n_b (T without lengths), on the host: the products of a sequence stop at its
+/// last valid key, so padding keys and values are never read (the generic path reads none either; a NaN
+/// there would otherwise reach every output through 0 * NaN) and ragged batches cost their lengths.
+template <class B>
+std::vector<std::size_t> attention_key_extents(const B& be,
+                                               vector_view<const std::int32_t, typename B::memory_space> lengths,
+                                               std::size_t batch, std::size_t seq) {
+  std::vector<std::size_t> keys(batch, seq);
+  if (lengths.empty()) return keys;
+  const std::vector<std::int32_t> host = to_host(be, lengths);
+  for (std::size_t bb = 0; bb < batch; ++bb) {
+    keys[bb] = host[bb] <= 0 ? 0 : static_cast<std::size_t>(host[bb]) < seq ? static_cast<std::size_t>(host[bb]) : seq;
+  }
+  return keys;
+}
+
+/// Rows [first, last) of a row-major matrix set to zero (contiguous).
+template <class B, class T>
+void attention_zero_rows(const B& be, matrix_view<T, typename B::memory_space> m, std::size_t first, std::size_t last) {
+  if (last > first) be.fill(vector_view<T, typename B::memory_space>{m.data + first * m.cols, (last - first) * m.cols}, T(0));
+}
+
 /// The forward (see the file comment). `product(const strided_product<T>&)` runs one batch of products on
 /// the backend's device, `row_pass` the softmax row passes (see attention_rows_by_index); `probs` may be empty
 /// (then a scratch of Hq * T * T holds each sequence's in turn).
@@ -175,13 +200,16 @@ void attention_forward_by_products(const B& be, Product&& product, RowPass&& row
   const std::size_t seq = s.seq, hd = s.head_dim, square = seq * seq;
   const bool save = probs.data != nullptr;
   auto scratch = allocate<T>(be, save ? 0 : n_heads * seq, seq);
+  const std::vector<std::size_t> extents = attention_key_extents(be, lengths, batch, seq);
   for (std::size_t bb = 0; bb < batch; ++bb) {
     T* p = save ? probs.data + bb * n_heads * square : scratch.view().data;
+    const std::size_t keys = extents[bb];
     for (std::size_t g = 0; g < s.group; ++g) {
-      // Scores: C = S_h^T (column-major) = K_kvh Q_h^T, so that the row-major S_h lands in p's rows.
+      // Scores: C = S_h^T (column-major) = K_kvh Q_h^T, so that the row-major S_h lands in p's rows; only the
+      // first `keys` columns (the row pass reads no further and writes zeros past them).
       strided_product<T> sc;
       sc.trans_a = true;
-      sc.m = seq, sc.n = seq, sc.k = hd;
+      sc.m = keys, sc.n = seq, sc.k = hd;
       sc.alpha = static_cast<T>(s.scale);
       sc.a = k.data + bb * seq * k.cols, sc.lda = k.cols, sc.stride_a = hd;
       sc.b = q.data + bb * seq * q.cols + g * hd, sc.ldb = q.cols, sc.stride_b = s.group * hd;
@@ -190,10 +218,14 @@ void attention_forward_by_products(const B& be, Product&& product, RowPass&& row
       product(sc);
     }
     row_pass(be, n_heads * seq, 3 * seq, attention_softmax_rows<T, S>{p, lengths, bb, seq});
+    if (keys == 0) {  // no key: every output of the sequence is 0 (no product with an empty inner dimension)
+      attention_zero_rows(be, out, bb * seq, (bb + 1) * seq);
+      continue;
+    }
     for (std::size_t g = 0; g < s.group; ++g) {
-      // Output: C = O_h^T = V_kvh^T P_h^T.
+      // Output: C = O_h^T = V_kvh^T P_h^T, over the valid keys.
       strided_product<T> o;
-      o.m = hd, o.n = seq, o.k = seq;
+      o.m = hd, o.n = seq, o.k = keys;
       o.a = v.data + bb * seq * v.cols, o.lda = v.cols, o.stride_a = hd;
       o.b = p + g * square, o.ldb = seq, o.stride_b = s.group * square;
       o.c = out.data + bb * seq * out.cols + g * hd, o.ldc = out.cols, o.stride_c = s.group * hd;
@@ -223,14 +255,23 @@ void attention_backward_by_products(const B& be, Product&& product, RowPass&& ro
   auto scratch = allocate<T>(be, n_heads * seq, seq);
   T* ds = scratch.view().data;
   const T scale = static_cast<T>(s.scale);
+  const std::vector<std::size_t> extents = attention_key_extents(be, lengths, batch, seq);
   for (std::size_t bb = 0; bb < batch; ++bb) {
     const T* p = probs.data + bb * n_heads * square;
     const T* dob = d_out.data + bb * seq * d_out.cols;
+    const std::size_t keys = extents[bb];
+    // Padding keys get no gradient: their rows of dK and dV are 0 (the products below write the valid ones).
+    attention_zero_rows(be, d_k, bb * seq + keys, (bb + 1) * seq);
+    attention_zero_rows(be, d_v, bb * seq + keys, (bb + 1) * seq);
+    if (keys == 0) {
+      attention_zero_rows(be, d_q, bb * seq, (bb + 1) * seq);
+      continue;
+    }
     for (std::size_t g = 0; g < s.group; ++g) {
-      // dP: C = dP_h^T = V_kvh dO_h^T, row-major dP_h in the scratch's rows.
+      // dP: C = dP_h^T = V_kvh dO_h^T, row-major dP_h in the scratch's rows (the valid keys' columns).
       strided_product<T> dp;
       dp.trans_a = true;
-      dp.m = seq, dp.n = seq, dp.k = hd;
+      dp.m = keys, dp.n = seq, dp.k = hd;
       dp.a = v.data + bb * seq * v.cols, dp.lda = v.cols, dp.stride_a = hd;
       dp.b = dob + g * hd, dp.ldb = d_out.cols, dp.stride_b = s.group * hd;
       dp.c = ds + g * square, dp.ldc = seq, dp.stride_c = s.group * square;
@@ -241,7 +282,7 @@ void attention_backward_by_products(const B& be, Product&& product, RowPass&& ro
     for (std::size_t g = 0; g < s.group; ++g) {
       // dQ: C = dQ_h^T = K_kvh^T dS_h^T / sqrt(hd).
       strided_product<T> dq;
-      dq.m = hd, dq.n = seq, dq.k = seq;
+      dq.m = hd, dq.n = seq, dq.k = keys;
       dq.alpha = scale;
       dq.a = k.data + bb * seq * k.cols, dq.lda = k.cols, dq.stride_a = hd;
       dq.b = ds + g * square, dq.ldb = seq, dq.stride_b = s.group * square;
@@ -252,7 +293,7 @@ void attention_backward_by_products(const B& be, Product&& product, RowPass&& ro
       // in order of g (beta = 1 after the first): deterministic, no atomics.
       strided_product<T> dk;
       dk.trans_b = true;
-      dk.m = hd, dk.n = seq, dk.k = seq;
+      dk.m = hd, dk.n = keys, dk.k = seq;
       dk.alpha = scale;
       dk.a = q.data + bb * seq * q.cols + g * hd, dk.lda = q.cols, dk.stride_a = s.group * hd;
       dk.b = ds + g * square, dk.ldb = seq, dk.stride_b = s.group * square;

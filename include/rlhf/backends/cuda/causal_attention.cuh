@@ -12,11 +12,9 @@
 /// ran one thread per query with scalar dot products over its keys; the products run on the tensor-core
 /// GEMMs instead. Everything is enqueued on the backend's stream.
 ///
-/// One difference from the generic path at padding: the products span all T keys of a sequence and the
-/// row pass zeros the probabilities past its length, so key and value rows past `lengths[b]` are multiplied
-/// by 0, where the generic path never reads them. They must be finite (0 * NaN is NaN): the model's
-/// projections always write them; a caller passing its own q / k / v with uninitialized padding rows must
-/// fill them. The scratch of the products is Hq * T * T elements per sequence, with or without `probs`.
+/// The products of a sequence span its valid keys only (the lengths are copied to the host once per call),
+/// so padding key / value rows are never read, as in the generic path, and a ragged batch costs its lengths.
+/// The scratch of the products is Hq * T * T elements per sequence, with or without `probs`.
 ///
 /// CPU reference: the generic path of rlhf/models/layers/attention.hpp. tests/backends/attention_products_test.cpp
 /// runs this algorithm on the host with a product of cuBLAS's semantics against it; the GPU test holds this
