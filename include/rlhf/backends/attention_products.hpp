@@ -170,10 +170,8 @@ std::vector<std::size_t> attention_key_extents(const B& be,
                                                std::size_t batch, std::size_t seq) {
   std::vector<std::size_t> keys(batch, seq);
   if (lengths.empty()) return keys;
-  const std::vector<std::int32_t> host = to_host(be, lengths);
-  for (std::size_t bb = 0; bb < batch; ++bb) {
-    keys[bb] = host[bb] <= 0 ? 0 : static_cast<std::size_t>(host[bb]) < seq ? static_cast<std::size_t>(host[bb]) : seq;
-  }
+  const std::vector<std::int32_t> host = to_host(be, lengths);  // validated by the caller: each in [0, seq]
+  for (std::size_t bb = 0; bb < batch; ++bb) keys[bb] = static_cast<std::size_t>(host[bb]);
   return keys;
 }
 

@@ -104,6 +104,7 @@ inline void check_cublas_extent(const char* function, std::size_t extent) {
                            " exceeds cuBLAS's int range (" + std::to_string(INT_MAX) + ")");
   }
 }
+/// check_cublas_extent for each of `extents`.
 template <class... Extents>
 void check_cublas_extents(const char* function, Extents... extents) {
   (check_cublas_extent(function, static_cast<std::size_t>(extents)), ...);
@@ -207,10 +208,7 @@ struct thrust_buffer_memory<cuda_stream_policy> {
       cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
       cudaMemPool_t pool = nullptr;
       if (cudaStreamIsCapturing(stream, &capture) == cudaSuccess && capture == cudaStreamCaptureStatusNone) {
-        const cudaError_t waited = cudaStreamSynchronize(stream);
-        if (waited != cudaSuccess) {
-          detail::cuda_check(waited, fn, "cudaStreamSynchronize (before retrying an allocation)");
-        }
+        detail::cuda_check(cudaStreamSynchronize(stream), fn, "cudaStreamSynchronize (before retrying an allocation)");
         if (cudaDeviceGetMemPool(&pool, device) == cudaSuccess) {
           (void)cudaMemPoolTrimTo(pool, 0);
           status = cudaMallocAsync(&data, bytes, stream);

@@ -157,6 +157,8 @@ RLHF_HOST_DEVICE RLHF_FORCE_INLINE double logp_backward_element(double z, bool i
 struct logp_backward_float {
   float c, corr, inv_t, g, gh, h;
 
+  /// The row's constants from its logsumexp, the gradients g = d loss / d log p(y) and gh = d loss / d H, the
+  /// entropy H and 1 / t.
   RLHF_HOST_DEVICE RLHF_FORCE_INLINE static logp_backward_float of(double lse, double g, double gh, double h,
                                                                   double inv_t) {
     const float c = static_cast<float>(lse / inv_t);
