@@ -333,6 +333,42 @@ TEST_CASE("eigen ranking_loss kernel: hand-computed K = 3 and identical bits on 
   CHECK(one.first.loss == two.first.loss);
   CHECK(one.second == two.second);
 }
+
+TEST_CASE("eigen ranking_loss kernel: a prompt's result does not depend on its lane or block",
+          "[backends][eigen][ranking]") {
+  // The kernel runs 8 prompts per block, one per SIMD lane. Prompt 0 alone, then copied to every position of a
+  // 19-prompt batch (all lanes, three blocks, the last one partial) beside random prompts: the same loss
+  // terms and gradient bits wherever it sits.
+  auto g = rng(25);
+  const std::size_t kmax = 7, prompts = 19;
+  const ranking_case base = make_ranking_case(g, prompts, kmax, 3.0);
+  const ranking_loss_options o = ranking_loss_options::trl(0.2, 0.0);
+  ranking_case alone;
+  alone.rewards.assign(base.rewards.begin(), base.rewards.begin() + kmax);
+  alone.ranks.assign(base.ranks.begin(), base.ranks.begin() + kmax);
+  alone.counts = {base.counts[0]};
+  const eigen_backend b(1);
+  const auto want = run_ranking<double>(b, alone, 1, kmax, o, true);
+  for (std::size_t at = 0; at < prompts; ++at) {
+    ranking_case c = base;
+    std::copy(alone.rewards.begin(), alone.rewards.end(), c.rewards.begin() + at * kmax);
+    std::copy(alone.ranks.begin(), alone.ranks.end(), c.ranks.begin() + at * kmax);
+    c.counts[at] = alone.counts[0];
+    const auto got = run_ranking<double>(b, c, prompts, kmax, o, true);
+    INFO("position " << at);
+    // The gradient is of the mean over prompts, P times smaller in the batch: scaled back, equal up to the
+    // rounding of that scaling.
+    for (std::size_t i = 0; i < kmax; ++i) {
+      const double scaled = got.second[at * kmax + i] * static_cast<double>(prompts);
+      CHECK(scaled == Approx(want.second[i]).epsilon(1e-15).margin(1e-300));
+    }
+    // The prompt's accuracy statistics are exact counts.
+    ranking_case other = c;
+    other.counts[at] = 2, other.ranks[at * kmax] = 0, other.ranks[at * kmax + 1] = 0;  // one tie: no compared pair
+    const auto without = run_ranking<double>(b, other, prompts, kmax, o, false);
+    CHECK(got.first.compared_pairs - without.first.compared_pairs == want.first.compared_pairs);
+  }
+}
 #endif
 
 #if RLHF_TEST_HAS_EIGEN
