@@ -38,15 +38,20 @@ void swiglu_sigmoid_block(const T* g, std::size_t n, Eigen::Array<T, Eigen::Dyna
   sm = (gm >= T(0)).select(T(1) / (T(1) + sm), sm / (T(1) + sm));
 }
 
-/// Runs body(begin, end, s) over [0, n) in blocks, the blocks split across the backend's threads, with s
-/// holding the sigmoids of the block's gates.
+/// Runs body(begin, length, s) over [0, n) in blocks of swiglu_block elements from 0, whole blocks split
+/// across the backend's threads, with s holding the sigmoids of the block's gates.
+///
+/// The blocks start at multiples of swiglu_block whatever the thread count: Eigen's exp takes a block's last
+/// length % packet-size elements by its scalar path, whose bits differ from the packet path's, so blocks cut at
+/// the threads' boundaries gave different results on 1 and 2 threads (seen with AVX-512's 16 floats a packet).
 template <class T, class Body>
 void swiglu_blocks(const eigen_backend& b, const T* gate, std::size_t n, Body body) {
+  const std::size_t blocks = (n + swiglu_block - 1) / swiglu_block;
   // An element costs an exp and a division: more than a light map, less than a log-prob row.
-  b.parallel_ranges(n, n, [&](std::size_t first, std::size_t last) {
+  b.parallel_ranges(blocks, n, [&](std::size_t first, std::size_t last) {
     Eigen::Array<T, Eigen::Dynamic, 1> s(static_cast<Eigen::Index>(swiglu_block));
-    for (std::size_t i0 = first; i0 < last; i0 += swiglu_block) {
-      const std::size_t len = std::min(swiglu_block, last - i0);
+    for (std::size_t k = first; k < last; ++k) {
+      const std::size_t i0 = k * swiglu_block, len = std::min(swiglu_block, n - i0);
       swiglu_sigmoid_block(gate + i0, len, s);
       body(i0, len, s.data());
     }
