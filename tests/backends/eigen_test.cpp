@@ -6,6 +6,7 @@
 #include "rlhf/losses/ppo_clip_loss.hpp"
 #include "rlhf/losses/ranking_loss.hpp"
 
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -26,6 +27,27 @@ TEMPLATE_TEST_CASE("eigen reductions give identical bits on 1 and 2 threads", "[
   };
   CHECK(sum(one) == sum(two));
   CHECK(one.threads() == 1);
+}
+
+TEMPLATE_TEST_CASE("eigen_select and eigen_keep_if pick whole values, bit for bit", "[backends][eigen]", float,
+                   double) {
+  // The kernels' selects by bit masks: the chosen arm's bits exactly (NaN, -0 and infinities included), the
+  // other arm never leaking in, and eigen_keep_if giving +0 when not kept.
+  using T = TestType;
+  using backends::detail::eigen_keep_if;
+  using backends::detail::eigen_select;
+  const T nan = std::numeric_limits<T>::quiet_NaN(), inf = std::numeric_limits<T>::infinity();
+  const std::vector<T> values = {T(1.5), T(-0.0), T(0.0), nan, inf, -inf, std::numeric_limits<T>::denorm_min()};
+  const auto bits = [](T x) { return std::bit_cast<backends::detail::eigen_bits<T>>(x); };
+  for (const T a : values)
+    for (const T b : values) {
+      CHECK(bits(eigen_select(true, a, b)) == bits(a));
+      CHECK(bits(eigen_select(false, a, b)) == bits(b));
+    }
+  for (const T a : values) {
+    CHECK(bits(eigen_keep_if(a, true)) == bits(a));
+    CHECK(bits(eigen_keep_if(a, false)) == bits(T(0)));
+  }
 }
 
 TEST_CASE("eigen backend satisfies every concept", "[backends][eigen]") {

@@ -269,7 +269,29 @@ RLHF_FORCE_INLINE eigen_bits<T> eigen_keep_mask(bool valid) {
 template <class T>
 RLHF_FORCE_INLINE T eigen_keep_if(T x, bool valid) {
   static_assert(sizeof(T) == 4 || sizeof(T) == 8, "rlhf::detail::eigen_keep_if: T must be float or double");
+#if defined(__x86_64__) && !defined(__SSE4_1__)
+  if constexpr (sizeof(T) == 8) return valid ? x : T(0);  // see eigen_select
+#endif
   return std::bit_cast<T>(std::bit_cast<eigen_bits<T>>(x) & eigen_keep_mask<T>(valid));
+}
+
+/// `c ? a : b` by bit masks, for float or double, both arms already evaluated. A kernel loop whose ternaries
+/// hold arithmetic in an arm (or feed a value only that arm uses) vectorizes under GCC 12 only with AVX-512:
+/// under its default -ftrapping-math it moves that arithmetic into the arm and may then not execute it
+/// unconditionally, which a vector loop must; AVX-512's masked operations can, SSE and AVX2 cannot, so the
+/// loop stays scalar there. Bit operations leave no arm to move anything into.
+///
+/// One exception: doubles on x86-64 below SSE4.1 (a default `-march=x86-64` build). There GCC 12 vectorizes
+/// neither form (it has no 64-bit lane mask from a bool without SSE4.1), and the ternary's scalar code ran the
+/// value-loss kernel 3x faster than the bit form's, so the ternary it is.
+template <class T>
+RLHF_FORCE_INLINE T eigen_select(bool c, T a, T b) {
+  static_assert(sizeof(T) == 4 || sizeof(T) == 8, "rlhf::detail::eigen_select: T must be float or double");
+#if defined(__x86_64__) && !defined(__SSE4_1__)
+  if constexpr (sizeof(T) == 8) return c ? a : b;
+#endif
+  const eigen_bits<T> mask = eigen_keep_mask<T>(c);
+  return std::bit_cast<T>((std::bit_cast<eigen_bits<T>>(a) & mask) | (std::bit_cast<eigen_bits<T>>(b) & ~mask));
 }
 
 /// counts[r] = number of non-zero mask entries of row r: integer sums (exact and vectorized), rows in parallel.

@@ -11,9 +11,9 @@
 ///
 /// - Each row is cut into chunks of `ppo_chunk` elements. Per chunk, a first loop forms the log-ratio
 ///   (and its clamp) into an L1 buffer, Eigen's packet `exp` turns it into the ratio, a second,
-///   branch-free loop (selects only) forms the loss, the gradient w_r * (-A rho) and the masked
-///   per-element terms, and a third loop sums those in double (GCC 12 vectorizes neither a select loop
-///   with double reductions nor one mixing bool logic, so the work is split this way; all three run on
+///   branch-free loop (selects by bit masks, detail::eigen_select) forms the loss, the gradient
+///   w_r * (-A rho) and the masked per-element terms, and a third loop sums those in double (GCC 12 does not
+///   vectorize a select loop with double reductions, so the work is split this way; all three run on
 ///   L1-resident data).
 /// - Per-element arithmetic is in T (float stays float: 16 lanes per AVX-512 vector); every sum is
 ///   accumulated in double, per row. Rows are folded in row order, so the result does not depend on
@@ -111,30 +111,35 @@ ppo_eigen_row ppo_eigen_row_pass(const T* __restrict lp, const T* __restrict old
     ratio = ratio.exp();
     // Schulman et al. 2017, eq. 7 as a loss: max(-A rho, -A clip(rho)); the clipped term is active only
     // when strictly larger (rho outside the clip range, gradient 0); dual clip min(., -c A) for A < 0.
-    // Selects on T only (GCC 12 does not if-convert this loop when bools are combined with & and |),
-    // so the loop vectorizes; masked positions are replaced by 0 here, so NaN there never reaches a sum.
+    // Every select by bits (detail::eigen_select / eigen_keep_if): as ternaries or std::min / max, GCC 12
+    // vectorized this loop only for AVX-512 (see eigen_select). Masked positions are replaced by 0 here, so
+    // NaN there never reaches a sum.
     for (std::size_t i = 0; i < len; ++i) {
       const T a = ac[i], rho = ratio_buf[i], raw = raw_buf[i];
-      const T valid = mc[i] != 0 ? T(1) : T(0);
+      const bool ok = mc[i] != 0;
+      const T valid = eigen_keep_if(T(1), ok);
       const T l1 = -a * rho;
-      const T l2 = -a * std::min(std::max(rho, lo), hi);
-      const T clipped = l2 > l1 ? T(1) : T(0);
-      const T l12 = std::max(l1, l2);
+      const T rho_low = eigen_select(rho < lo, lo, rho);
+      const T l2 = -a * eigen_select(rho_low > hi, hi, rho_low);
+      const bool clip_active = l2 > l1;
+      const T clipped = eigen_keep_if(T(1), clip_active);
+      const T l12 = eigen_select(clip_active, l2, l1);
       const T l3 = -dual_c * a;
-      const T dual = a < dual_cap ? (l12 > l3 ? T(1) : T(0)) : T(0);
-      const T loss = dual != T(0) ? l3 : l12;
-      const T clamped = std::fabs(raw) > clamp_lim ? T(1) : T(0);
+      const bool dual_active = (a < dual_cap) & (l12 > l3);
+      const T dual = eigen_keep_if(T(1), dual_active);
+      const T loss = eigen_select(dual_active, l3, l12);
+      const bool clamp_active = std::fabs(raw) > clamp_lim;
+      const T clamped = eigen_keep_if(T(1), clamp_active);
       if constexpr (Grad) {
-        T g = clipped != T(0) ? T(0) : w * l1;
-        g = clamped != T(0) ? T(0) : g;  // the clamp bites: the ratio is constant
-        g = dual != T(0) ? T(0) : g;
-        d[c0 + i] = valid != T(0) ? g : T(0);
+        // 0 where the clipped term is active, where the clamp bites (the ratio is constant) or the dual clip.
+        const bool flat = clip_active | clamp_active | dual_active;
+        d[c0 + i] = eigen_keep_if(w * l1, ok & !flat);
       }
       // Clamped positions are summed in double by the fix-up below.
-      const T keep = valid * (T(1) - clamped);
-      loss_buf[i] = keep != T(0) ? loss : T(0);
-      raw_buf[i] = valid != T(0) ? raw : T(0);
-      ratio_buf[i] = keep != T(0) ? rho : T(0);
+      const bool keep = ok & !clamp_active;
+      loss_buf[i] = eigen_keep_if(loss, keep);
+      raw_buf[i] = eigen_keep_if(raw, ok);
+      ratio_buf[i] = eigen_keep_if(rho, keep);
       clamp_buf[i] = valid * clamped;
       valid_buf[i] = valid;
       clip_buf[i] = valid * clipped;

@@ -56,21 +56,22 @@ void rlhf_specialized_clipped_value_loss(const eigen_backend& b, matrix_view<con
       const double v = static_cast<double>(vp[i]), vo = static_cast<double>(op[i]), rt = static_cast<double>(rp[i]);
       const double d1 = v - rt;
       const double diff = v - vo;
-      const double low = diff < -clip_v ? -clip_v : diff;  // ternaries, not std::min/max (references
-      const double clamped = low > clip_v ? clip_v : low;  // to temporaries kept GCC from vectorizing)
+      // Every select by bits (detail::eigen_select, not ternaries or std::min / max): so the loop vectorizes
+      // for SSE4 and AVX2 too, not only AVX-512.
+      const double low = detail::eigen_select(diff < -clip_v, -clip_v, diff);
+      const double clamped = detail::eigen_select(low > clip_v, clip_v, low);
       const double d2 = vo + clamped - rt;
-      const double above = diff > clip_v ? 1.0 : 0.0;
-      const double outside = diff < -clip_v ? 1.0 : above;
+      const double outside = detail::eigen_select((diff < -clip_v) | (diff > clip_v), 1.0, 0.0);
       const double sq1 = d1 * d1, sq2 = d2 * d2;
-      const double use2 = sq2 > sq1 ? outside * clip_flag : 0.0;
-      const double l = 0.5 * (use2 != 0.0 ? sq2 : sq1);
+      const double use2 = detail::eigen_keep_if(outside * clip_flag, sq2 > sq1);
+      const double l = 0.5 * detail::eigen_select(use2 != 0.0, sq2, sq1);
       s_loss += detail::eigen_keep_if(l, ok);
       s_valid += detail::eigen_keep_if(1.0, ok);
       s_clipped += detail::eigen_keep_if(use2, ok);
       s_value += detail::eigen_keep_if(v, ok);
       s_return += detail::eigen_keep_if(rt, ok);
       s_sq += detail::eigen_keep_if(sq1, ok);
-      if constexpr (Grad) dp[i] = static_cast<T>(detail::eigen_keep_if(wr * (use2 != 0.0 ? 0.0 : d1), ok));
+      if constexpr (Grad) dp[i] = static_cast<T>(detail::eigen_keep_if(wr * detail::eigen_keep_if(d1, use2 == 0.0), ok));
     }
     double* out = per_row.data() + r * terms;
     out[0] = s_loss;
