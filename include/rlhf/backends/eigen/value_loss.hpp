@@ -71,7 +71,9 @@ void rlhf_specialized_clipped_value_loss(const eigen_backend& b, matrix_view<con
       s_value += detail::eigen_keep_if(v, ok);
       s_return += detail::eigen_keep_if(rt, ok);
       s_sq += detail::eigen_keep_if(sq1, ok);
-      if constexpr (Grad) dp[i] = static_cast<T>(detail::eigen_keep_if(wr * detail::eigen_keep_if(d1, use2 == 0.0), ok));
+      if constexpr (Grad) {
+        dp[i] = static_cast<T>(detail::eigen_keep_if(wr * detail::eigen_keep_if(d1, use2 == 0.0), ok));
+      }
     }
     double* out = per_row.data() + r * terms;
     out[0] = s_loss;
