@@ -263,18 +263,6 @@ RLHF_FORCE_INLINE eigen_bits<T> eigen_keep_mask(bool valid) {
   return eigen_bits<T>(0) - eigen_bits<T>(valid);
 }
 
-/// `valid ? x : +0` by a bit mask, for float or double. Branch-free, so the kernels' masked sums vectorize (GCC 12
-/// kept `sum += valid ? x : 0` scalar and branching), and NaN or Inf at a masked position never gets through (a
-/// multiply by the mask as 0/1 would let them: 0 * NaN = NaN).
-template <class T>
-RLHF_FORCE_INLINE T eigen_keep_if(T x, bool valid) {
-  static_assert(sizeof(T) == 4 || sizeof(T) == 8, "rlhf::detail::eigen_keep_if: T must be float or double");
-#if defined(__x86_64__) && !defined(__SSE4_1__)
-  if constexpr (sizeof(T) == 8) return valid ? x : T(0);  // see eigen_select
-#endif
-  return std::bit_cast<T>(std::bit_cast<eigen_bits<T>>(x) & eigen_keep_mask<T>(valid));
-}
-
 /// `c ? a : b` by bit masks, for float or double, both arms already evaluated. A kernel loop whose ternaries
 /// hold arithmetic in an arm (or feed a value only that arm uses) vectorizes under GCC 12 only with AVX-512:
 /// under its default -ftrapping-math it moves that arithmetic into the arm and may then not execute it
@@ -292,6 +280,14 @@ RLHF_FORCE_INLINE T eigen_select(bool c, T a, T b) {
 #endif
   const eigen_bits<T> mask = eigen_keep_mask<T>(c);
   return std::bit_cast<T>((std::bit_cast<eigen_bits<T>>(a) & mask) | (std::bit_cast<eigen_bits<T>>(b) & ~mask));
+}
+
+/// `valid ? x : +0` by a bit mask (eigen_select), for float or double. Branch-free, so the kernels' masked sums
+/// vectorize (GCC 12 kept `sum += valid ? x : 0` scalar and branching), and NaN or Inf at a masked position never
+/// gets through (a multiply by the mask as 0/1 would let them: 0 * NaN = NaN).
+template <class T>
+RLHF_FORCE_INLINE T eigen_keep_if(T x, bool valid) {
+  return eigen_select(valid, x, T(0));
 }
 
 /// counts[r] = number of non-zero mask entries of row r: integer sums (exact and vectorized), rows in parallel.

@@ -46,6 +46,15 @@ RLHF_HOST_DEVICE double ranking_center_penalty(const T* r, std::size_t k, double
   return center * s / static_cast<double>(k);
 }
 
+/// d/dr_i of the centering penalty (see ranking_center_penalty): 2c r_i / k, or (pair_sums)
+/// d/dr_i of c/C(k,2) sum_{i<j} (r_i + r_j)^2 = 2c ((k - 2) r_i + sum_j r_j) / C(k,2), `row_sum` = sum_j r_j.
+RLHF_HOST_DEVICE inline double ranking_center_gradient(double ri, std::size_t k, double center, bool pair_sums,
+                                                       double row_sum) {
+  const double all = static_cast<double>(k * (k - 1) / 2);
+  return pair_sums ? center * 2.0 * (static_cast<double>(k - 2) * ri + row_sum) / all
+                   : center * 2.0 * ri / static_cast<double>(k);
+}
+
 /// d loss_p / d r_i of one prompt (before the 1/P of the mean over prompts): -w sum over the responses j that
 /// i beats of sigma(-(r_i - r_j - m)), plus w sum over those that beat i of sigma(-(r_j - r_i - m)), with
 /// w = 1 / (the prompt's pair count), plus the centering penalty's derivative (`row_sum` = sum_j r_j, used by
@@ -63,11 +72,7 @@ RLHF_HOST_DEVICE double ranking_response_gradient(const T* r, const std::int32_t
     else if (ranks[j] < ranks[i]) g += ranking_sigmoid_of_negative(rj - ri - margin);
   }
   g *= w;
-  if (center > 0) {
-    const double all = static_cast<double>(k * (k - 1) / 2);
-    g += pair_sums ? center * 2.0 * (static_cast<double>(k - 2) * ri + row_sum) / all
-                   : center * 2.0 * ri / static_cast<double>(k);
-  }
+  if (center > 0) g += ranking_center_gradient(ri, k, center, pair_sums, row_sum);
   return g;
 }
 

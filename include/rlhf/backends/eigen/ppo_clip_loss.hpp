@@ -117,19 +117,15 @@ ppo_eigen_row ppo_eigen_row_pass(const T* __restrict lp, const T* __restrict old
     for (std::size_t i = 0; i < len; ++i) {
       const T a = ac[i], rho = ratio_buf[i], raw = raw_buf[i];
       const bool ok = mc[i] != 0;
-      const T valid = eigen_keep_if(T(1), ok);
       const T l1 = -a * rho;
       const T rho_low = eigen_select(rho < lo, lo, rho);
       const T l2 = -a * eigen_select(rho_low > hi, hi, rho_low);
       const bool clip_active = l2 > l1;
-      const T clipped = eigen_keep_if(T(1), clip_active);
       const T l12 = eigen_select(clip_active, l2, l1);
       const T l3 = -dual_c * a;
       const bool dual_active = (a < dual_cap) & (l12 > l3);
-      const T dual = eigen_keep_if(T(1), dual_active);
       const T loss = eigen_select(dual_active, l3, l12);
       const bool clamp_active = std::fabs(raw) > clamp_lim;
-      const T clamped = eigen_keep_if(T(1), clamp_active);
       if constexpr (Grad) {
         // 0 where the clipped term is active, where the clamp bites (the ratio is constant) or the dual clip.
         const bool flat = clip_active | clamp_active | dual_active;
@@ -140,10 +136,10 @@ ppo_eigen_row ppo_eigen_row_pass(const T* __restrict lp, const T* __restrict old
       loss_buf[i] = eigen_keep_if(loss, keep);
       raw_buf[i] = eigen_keep_if(raw, ok);
       ratio_buf[i] = eigen_keep_if(rho, keep);
-      clamp_buf[i] = valid * clamped;
-      valid_buf[i] = valid;
-      clip_buf[i] = valid * clipped;
-      dual_buf[i] = valid * dual;
+      clamp_buf[i] = eigen_keep_if(T(1), ok & clamp_active);
+      valid_buf[i] = eigen_keep_if(T(1), ok);
+      clip_buf[i] = eigen_keep_if(T(1), ok & clip_active);
+      dual_buf[i] = eigen_keep_if(T(1), ok & dual_active);
     }
     // Sums in double (a separate select-free loop: GCC 12 does not vectorize a double reduction fed
     // by a select). Counts are exact in T (chunk length < 2^24).

@@ -44,6 +44,7 @@
 #include <vector>
 
 #include "rlhf/backends/eigen.hpp"
+#include "rlhf/backends/ranking_math.hpp"
 #include "rlhf/backends/view.hpp"
 #include "rlhf/config.hpp"
 
@@ -226,20 +227,9 @@ void rlhf_specialized_ranking_loss(const eigen_backend& b, matrix_view<const T, 
         const double w = denom > 0 ? 1.0 / denom : 0.0;
         double center_term = 0, row_sum = 0;
         if (center > 0) {
-          // Centering penalty (Eisenstein et al. 2023): c mean_i r_i^2, or c mean over pairs of (r_i + r_j)^2.
-          double sq = 0;
+          // Centering penalty (Eisenstein et al. 2023), the generic path's functions (backends/ranking_math.hpp).
           for (std::size_t i = 0; i < k; ++i) row_sum += static_cast<double>(r[i]);
-          if (pair_sums) {
-            for (std::size_t i = 0; i < k; ++i)
-              for (std::size_t j = i + 1; j < k; ++j) {
-                const double t = static_cast<double>(r[i]) + static_cast<double>(r[j]);
-                sq += t * t;
-              }
-            center_term = center * sq / all;
-          } else {
-            for (std::size_t i = 0; i < k; ++i) sq += static_cast<double>(r[i]) * static_cast<double>(r[i]);
-            center_term = center * sq / static_cast<double>(k);
-          }
+          center_term = rlhf::detail::ranking_center_penalty(r, k, center, pair_sums);
         }
         scratch(0, p) = w * (s.hinge[l] + s.logs[l]);
         scratch(1, p) = s.right[l];
@@ -249,12 +239,9 @@ void rlhf_specialized_ranking_loss(const eigen_backend& b, matrix_view<const T, 
         if (!grad) continue;
         T* d = d_rewards.data + p * kmax;
         for (std::size_t i = 0; i < k; ++i) {
-          const double ri = static_cast<double>(r[i]);
           double gi = blk.g[i * L + l] * w;
           if (center > 0) {
-            // d/dr_i of c/C(K,2) sum_{i<j} (r_i + r_j)^2 = 2c ((K - 2) r_i + sum_j r_j) / C(K,2).
-            gi += pair_sums ? center * 2.0 * (static_cast<double>(k - 2) * ri + row_sum) / all
-                            : center * 2.0 * ri / static_cast<double>(k);
+            gi += rlhf::detail::ranking_center_gradient(static_cast<double>(r[i]), k, center, pair_sums, row_sum);
           }
           d[i] = static_cast<T>(gi * inv_p);
         }
