@@ -4,10 +4,13 @@
 //
 // One configuration and thread count per run, so the peak memory belongs to that run alone:
 //
-//     model_bench <stories260K|10M> <threads> [checkpoint of stories260K] [--recompute-attention]
+//     model_bench <stories260K|10M> <threads> [checkpoint of stories260K] [--recompute-attention |
+//                 --logsumexp-attention]
 //
-// --recompute-attention trains with llama_model::set_attention_recompute(true): one attention softmax for
-// all layers, recomputed per layer in the backward (less memory, one more attention forward per layer).
+// --recompute-attention trains with rlhf::attention_memory::shared_softmax: one attention softmax for all
+// layers, recomputed per layer in the backward (less memory, one more attention forward per layer);
+// --logsumexp-attention with attention_memory::logsumexp: no softmax kept, the backward recomputes the
+// probabilities from each layer's row logsumexps (one more score product per layer).
 //
 // benchmarks/run_model_bench.sh runs every combination and the PyTorch side of the comparison
 // (benchmarks/peers/llama_torch.py, same architecture and shapes).
@@ -46,15 +49,19 @@ rlhf::llama_config ten_million() {
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::fprintf(stderr, "usage: %s <stories260K|10M> <threads> [stories260K.bin] [--recompute-attention]\n",
+    std::fprintf(stderr,
+                 "usage: %s <stories260K|10M> <threads> [stories260K.bin] [--recompute-attention | "
+                 "--logsumexp-attention]\n",
                  argv[0]);
     return 2;
   }
-  bool recompute = false;
+  rlhf::attention_memory memory = rlhf::attention_memory::per_layer_softmax;
   std::vector<std::string> rest;
   for (int i = 3; i < argc; ++i) {
     if (std::string(argv[i]) == "--recompute-attention")
-      recompute = true;
+      memory = rlhf::attention_memory::shared_softmax;
+    else if (std::string(argv[i]) == "--logsumexp-attention")
+      memory = rlhf::attention_memory::logsumexp;
     else
       rest.emplace_back(argv[i]);
   }
@@ -70,7 +77,7 @@ int main(int argc, char** argv) {
   const std::string path = rest.empty() ? default_path : rest.front();
   model_type model = which == "10M" ? model_type(b, ten_million()) : rlhf::load_llama2c(b, path);
   if (which == "10M") model.init_random(b, 1, 0.02);
-  model.set_attention_recompute(recompute);
+  model.set_attention_memory(memory);
   const rlhf::llama_config& c = model.config();
 
   // Training: batch 8 x 256 tokens, loss = sum of the log-probs (gradient 1 everywhere).
@@ -117,7 +124,10 @@ int main(int argc, char** argv) {
   const double sample_tps = static_cast<double>(sampled) / seconds_since(t0);
 
   std::printf("| rlhf (eigen%s) | %s | %zu | %d | %zu x %zu | %.0f | %.0f | %.0f | %.0f |\n",
-              recompute ? ", recomputed attention" : "", which.c_str(),
+              memory == rlhf::attention_memory::shared_softmax ? ", recomputed attention"
+              : memory == rlhf::attention_memory::logsumexp    ? ", logsumexp attention"
+                                                               : "",
+              which.c_str(),
               c.parameter_count(), threads, rows, cols, train_tps, fwd_tps, sample_tps, peak_rss_mib());
   return 0;
 }

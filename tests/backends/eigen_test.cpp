@@ -601,12 +601,16 @@ TEST_CASE("eigen token_logprobs kernels take bfloat16 logits: the generic path's
 TEMPLATE_TEST_CASE("eigen causal attention kernels match the generic path, the same bits on 1 and 2 threads",
                    "[backends][eigen][attention]", float, double) {
   // The blocked GEMMs against the generic per-query loops: T across block edges (1, 64, 70, 130), grouped
-  // heads, ragged lengths with an empty and a full sequence, with saved probs and with the online path.
+  // heads, ragged lengths with an empty and a full sequence, with saved probs, with the online path, and the
+  // logsumexp forward with its recomputing backward.
   using T = TestType;
   static_assert(requires(const eigen_backend& b, matrix_view<const T, host_space> c, matrix_view<T, host_space> m,
+                         vector_view<T, host_space> lse, vector_view<const T, host_space> clse,
                          vector_view<const std::int32_t, host_space> l) {
     rlhf_specialized_causal_attention_forward(b, c, c, c, 1, 1, 1, m, m, l);
     rlhf_specialized_causal_attention_backward(b, c, c, c, c, c, 1, 1, 1, m, m, m, l);
+    rlhf_specialized_causal_attention_forward_logsumexp(b, c, c, c, 1, 1, 1, m, lse, l);
+    rlhf_specialized_causal_attention_backward_recompute(b, c, c, c, clse, c, 1, 1, 1, m, m, m, l);
   });
   const double rtol = std::is_same_v<T, float> ? 2e-4 : 1e-11, atol = std::is_same_v<T, float> ? 2e-5 : 1e-12;
   auto g = rng(92);
@@ -635,14 +639,24 @@ TEMPLATE_TEST_CASE("eigen causal attention kernels match the generic path, the s
              dv = allocate_filled<T>(b, rows, kc, T(7));
         causal_attention_backward(b, bq.view(), bk.view(), bv.view(), probs.view(), bd.view(), s.batch, s.n_heads,
                                   s.n_kv_heads, dq.view(), dk.view(), dv.view(), lv);
-        return std::vector<std::vector<T>>{to_host(b, out.view()), to_host(b, online.view()), to_host(b, probs.view()),
-                                           to_host(b, dq.view()),  to_host(b, dk.view()),     to_host(b, dv.view())};
+        auto out2 = allocate_filled<T>(b, rows, qc, T(99));
+        auto lse = allocate_filled<T>(b, s.batch * s.n_heads * s.seq, 1, T(99));
+        causal_attention_forward_logsumexp(b, bq.view(), bk.view(), bv.view(), s.batch, s.n_heads, s.n_kv_heads,
+                                           out2.view(), lse.view().flat(), lv);
+        auto dq2 = allocate_filled<T>(b, rows, qc, T(7)), dk2 = allocate_filled<T>(b, rows, kc, T(7)),
+             dv2 = allocate_filled<T>(b, rows, kc, T(7));
+        causal_attention_backward_recompute(b, bq.view(), bk.view(), bv.view(), lse.view().flat(), bd.view(), s.batch,
+                                            s.n_heads, s.n_kv_heads, dq2.view(), dk2.view(), dv2.view(), lv);
+        return std::vector<std::vector<T>>{to_host(b, out.view()),  to_host(b, online.view()), to_host(b, probs.view()),
+                                           to_host(b, dq.view()),   to_host(b, dk.view()),     to_host(b, dv.view()),
+                                           to_host(b, out2.view()), to_host(b, lse.view()),    to_host(b, dq2.view()),
+                                           to_host(b, dk2.view()),  to_host(b, dv2.view())};
       };
       const auto fast = run(eigen_backend(1)), two = run(eigen_backend(2, 1)), gen = run(generic_only<eigen_backend>{});
       INFO("B " << s.batch << " T " << s.seq << " Hq " << s.n_heads << " Hkv " << s.n_kv_heads << " hd " << s.head_dim
                 << " lengths " << with_lengths);
       for (std::size_t i = 0; i < fast.size(); ++i) {
-        INFO("output " << i << " (out, online out, probs, d_q, d_k, d_v)");
+        INFO("output " << i << " (out, online out, probs, d_q, d_k, d_v; logsumexp: out, lse, d_q, d_k, d_v)");
         CHECK_THAT(fast[i], close_to<T>(gen[i], rtol, atol));
         CHECK(two[i] == fast[i]);
       }

@@ -53,6 +53,8 @@ constexpr bool kernels_found = requires(const rlhf::cuda_backend& b, rlhf::matri
   rlhf_specialized_clipped_value_loss(b, cm, cm, cm, mm, w, m, d, out, out, out, out, out, out);
   rlhf_specialized_causal_attention_forward(b, cm, cm, cm, n, n, n, m, m, counts);
   rlhf_specialized_causal_attention_backward(b, cm, cm, cm, cm, cm, n, n, n, m, m, m, counts);
+  rlhf_specialized_causal_attention_forward_logsumexp(b, cm, cm, cm, n, n, n, m, v, counts);
+  rlhf_specialized_causal_attention_backward_recompute(b, cm, cm, cm, cv, cm, n, n, n, m, m, m, counts);
   rlhf_specialized_rms_norm_forward(b, cm, cv, m, v, d);
   rlhf_specialized_rms_norm_backward(b, cm, cv, cv, cm, m, v);
   rlhf_specialized_embedding_backward(b, tok, cm, m);
@@ -621,10 +623,12 @@ void decode_matches_reference(const rlhf::cuda_backend& b) {
 
 // The reference model's layers (embedding, RMSNorm, RoPE, grouped-query attention (the cuBLAS products of
 // cuda/causal_attention.cuh), SwiGLU, the LM head) run on the GPU: log-probs, entropy and every
-// parameter's gradient match the reference backend. (The conformance suite above checks the attention
-// alone too: saved and unsaved probs, ragged lengths, grouped heads.)
+// parameter's gradient match the reference backend, with the attention memory mode `memory` on the GPU (the
+// reference keeps each layer's softmax). (The conformance suite above checks the attention alone too: saved
+// and unsaved probs, the logsumexp pair, ragged lengths, grouped heads.)
 template <class T>
-void llama_matches_reference(const rlhf::cuda_backend& b) {
+void llama_matches_reference(const rlhf::cuda_backend& b,
+                             rlhf::attention_memory memory = rlhf::attention_memory::per_layer_softmax) {
   const rlhf::reference_backend ref;
   rlhf::llama_config c;
   c.dim = 16;
@@ -638,6 +642,7 @@ void llama_matches_reference(const rlhf::cuda_backend& b) {
   rlhf::llama_model<rlhf::reference_backend, T> ref_model(ref, c);
   gpu_model.init_random(b, 3, 0.3, 0.2);
   ref_model.init_random(ref, 3, 0.3, 0.2);
+  gpu_model.set_attention_memory(memory);
   const std::size_t rows = 3, cols = c.seq_len;
   std::vector<rlhf::token_type> tokens(rows * cols);
   for (std::size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<rlhf::token_type>((i * 7 + 3) % c.vocab_size);
@@ -718,6 +723,8 @@ int main() {
     value_loss_matches_reference<double>(on_stream);
     llama_matches_reference<float>(on_stream);
     llama_matches_reference<double>(on_stream);
+    llama_matches_reference<float>(on_stream, rlhf::attention_memory::logsumexp);
+    llama_matches_reference<double>(on_stream, rlhf::attention_memory::logsumexp);
     decode_matches_reference<float>(on_stream);
     decode_matches_reference<double>(on_stream);
     on_stream.synchronize();

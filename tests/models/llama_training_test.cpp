@@ -173,7 +173,8 @@ TEMPLATE_LIST_TEST_CASE("llama_model: an inference pass between a training forwa
   CHECK(norm > 0);
 }
 
-TEMPLATE_LIST_TEST_CASE("llama_model: recomputing the attention softmax gives the same gradients bit for bit, in less memory",
+TEMPLATE_LIST_TEST_CASE("llama_model: attention memory modes: a shared softmax gives the same gradients bit for bit, "
+                        "row logsumexps the same to rounding, each in less memory",
                         "[models][llama][training]", all_configs) {
   using B = typename TestType::backend;
   using T = typename TestType::value;
@@ -181,7 +182,7 @@ TEMPLATE_LIST_TEST_CASE("llama_model: recomputing the attention softmax gives th
   const llama_config c = tiny_llama_config();
   llama_model<B, T> model(b, c);
   model.init_random(b, 5, 0.4);
-  CHECK_FALSE(model.attention_recompute());  // off by default
+  CHECK(model.attention_memory_mode() == attention_memory::per_layer_softmax);  // the default
   std::mt19937_64 g(8);
   const std::size_t rows = 2, cols = 5;
   const auto tok = random_tokens(g, rows * cols, c.vocab_size);
@@ -189,12 +190,12 @@ TEMPLATE_LIST_TEST_CASE("llama_model: recomputing the attention softmax gives th
   const auto lengths = to_backend(b, std::vector<std::int32_t>{5, 3});
   auto lp = allocate<T>(b, rows, cols);
   const auto d_lp = to_backend(b, normal<T>(g, rows * cols), rows, cols);
-  // Records with `record`, backpropagates with `backprop`: the recorded pass's mode must rule.
-  const auto grads_after = [&](bool record, bool backprop) {
+  // Records in mode `record`, backpropagates with the model set to `backprop`: the recorded pass's mode rules.
+  const auto grads_after = [&](attention_memory record, attention_memory backprop) {
     model.zero_grad(b);
-    model.set_attention_recompute(record);
+    model.set_attention_memory(record);
     model.log_probs(b, as_const(tokens.view()), as_const(lengths.view().flat()), lp.view(), {}, forward_mode::training);
-    model.set_attention_recompute(backprop);
+    model.set_attention_memory(backprop);
     model.log_probs_backward(b, as_const(d_lp.view()));
     std::vector<T> all;
     for (const auto& p : model.parameters()) {
@@ -203,23 +204,33 @@ TEMPLATE_LIST_TEST_CASE("llama_model: recomputing the attention softmax gives th
     }
     return all;
   };
-  const auto kept = grads_after(false, false);
-  CHECK(grads_after(true, true) == kept);
-  CHECK(grads_after(true, false) == kept);
-  CHECK(grads_after(false, true) == kept);
+  using enum attention_memory;
+  const auto kept = grads_after(per_layer_softmax, per_layer_softmax);
+  CHECK(grads_after(shared_softmax, shared_softmax) == kept);
+  CHECK(grads_after(shared_softmax, per_layer_softmax) == kept);
+  CHECK(grads_after(per_layer_softmax, logsumexp) == kept);
+  const auto lse = grads_after(logsumexp, logsumexp);
+  CHECK(grads_after(logsumexp, per_layer_softmax) == lse);
+  // Float: the saved softmax is rounded to float, the recomputed one is not.
+  const double rt = std::is_same_v<T, float> ? 2e-3 : 1e-9, at = std::is_same_v<T, float> ? 2e-4 : 1e-11;
+  CHECK_THAT(lse, close_to<T>(cast<double>(kept), rt, at));
   double norm = 0;
   for (const T x : kept) norm += static_cast<double>(x) * static_cast<double>(x);
   CHECK(norm > 0);
-  // One softmax for all layers instead of one per layer; a reused activation set follows the mode.
-  llama_activations<B, T> per_layer, shared;
-  model.set_attention_recompute(false);
-  model.forward_hidden(b, as_const(tokens.view()), as_const(lengths.view().flat()), per_layer, forward_mode::training);
-  model.set_attention_recompute(true);
-  model.forward_hidden(b, as_const(tokens.view()), as_const(lengths.view().flat()), shared, forward_mode::training);
-  const std::size_t softmax = rows * c.n_heads * cols * cols;
+  // One softmax for all layers instead of one per layer, or only [B*Hq*T] logsumexps per layer; a reused
+  // activation set follows the mode.
+  llama_activations<B, T> per_layer, shared, rows_lse;
+  const auto record = [&](attention_memory mode, llama_activations<B, T>& act) {
+    model.set_attention_memory(mode);
+    model.forward_hidden(b, as_const(tokens.view()), as_const(lengths.view().flat()), act, forward_mode::training);
+  };
+  record(per_layer_softmax, per_layer);
+  record(shared_softmax, shared);
+  record(logsumexp, rows_lse);
+  const std::size_t softmax = rows * c.n_heads * cols * cols, row_values = rows * c.n_heads * cols;
   CHECK(per_layer.stored_values() - shared.stored_values() == (c.n_layers - 1) * softmax);
-  model.set_attention_recompute(false);
-  model.forward_hidden(b, as_const(tokens.view()), as_const(lengths.view().flat()), shared, forward_mode::training);
+  CHECK(per_layer.stored_values() - rows_lse.stored_values() == c.n_layers * (softmax - row_values));
+  record(per_layer_softmax, shared);
   CHECK(shared.stored_values() == per_layer.stored_values());
 }
 

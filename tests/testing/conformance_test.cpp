@@ -89,7 +89,7 @@ TEMPLATE_LIST_TEST_CASE("conformance: every backend in the tests passes the suit
   const testing::conformance_report r = testing::check_conformance<T>(b, o);
   INFO(r.summary());
   CHECK(r.ok());
-  CHECK(r.checks >= 62);  // every check ran (docs/backends.md lists them)
+  CHECK(r.checks >= 67);  // every check ran (docs/backends.md lists them)
   CHECK(r.summary().find("all passed") != std::string::npos);
   // Other shapes and seeds: a single-column remainder, more rows than a vector register.
   o.rows = 19;

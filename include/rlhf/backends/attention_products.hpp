@@ -15,11 +15,16 @@
 ///               dQ_h = dS_h K_kvh / sqrt(hd)
 ///               dK_kvh = sum_g dS_h^T Q_h / sqrt(hd),  dV_kvh = sum_g P_h^T dO_h   (beta = 1 after g = 0)
 ///
-/// (Vaswani et al. 2017, eq. 1, and its softmax Jacobian.) The products span T queries by the sequence's n_b
-/// valid keys (lengths copied to the host once per call, `attention_key_extents`): padding keys and values
-/// are never read, and the rows of dK and dV past n_b are set to 0. Within that, the causal mask is applied
-/// by the row pass, which writes exact zeros past each row's visible keys, so the products that follow add
-/// nothing from them. Products use cuBLAS's column-major convention
+/// (Vaswani et al. 2017, eq. 1, and its softmax Jacobian.) Without saved probs the forward takes blocks of
+/// queries [i0, i0 + tb), which see only the keys j < i0 + tb, in a scratch of Hq * tb * T; the training pair
+/// that keeps row logsumexps instead of the softmax (causal_attention_forward_logsumexp /
+/// _backward_recompute) runs in the same blocks, the backward recomputing each block's scores and P =
+/// exp(S - lse) (Dao 2023, FlashAttention-2), so that no [Hq * T, T] buffer exists. The products span the
+/// block's (or all T) queries by the sequence's n_b valid keys (lengths copied to the host once per call,
+/// `attention_key_extents`): padding keys and values are never read, and the rows of dK and dV past n_b are
+/// set to 0. Within that, the causal mask is applied by the row pass, which writes exact zeros past each
+/// row's visible keys, so the products that follow add nothing from them. Products use cuBLAS's column-major
+/// convention
 /// (`strided_product`): a row-major [r, c] matrix with row stride ld is the column-major [c, r] matrix with
 /// leading dimension ld, which is how every operand below is read. Row passes accumulate in double, as the
 /// generic path does; the products accumulate in T. The softmax's exponentials of float scores are taken in
@@ -29,6 +34,7 @@
 /// tests/backends/attention_products_test.cpp runs this with a host product against the generic path.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -64,17 +70,25 @@ struct strided_product {
 
 /// Row pass of the forward, index r over the Hq * T rows of sequence bb (r = h * T + i): the scores in
 /// `p` (row stride T) become the softmax over the visible keys j < min(i + 1, n_b), exact zeros elsewhere.
+/// For a block of queries (the logsumexp forward), the rows are Hq * block_rows, r = h * block_rows + i -
+/// first_query; with `logsumexp` set, each row's logsumexp is also written, at h * T + i (0 with no key).
 ///
 /// Like the RMSNorm rows (rlhf/backends/rms_norm_rows.hpp), a row comes in parts that a group of threads
 /// can share, each over the row's elements first, first + step, ...: `partial_max`, then `partial_sum`
 /// given the row's maximum, then `write` given both. `operator()(r)` is the whole row on one thread.
 template <class T, class S>
 struct attention_softmax_rows {
-  T* p;  // sequence bb's [Hq * T, T] block
+  T* p;  // sequence bb's [Hq * T, T] block (or [Hq * block_rows, T] for a block of queries)
   vector_view<const std::int32_t, S> lengths;
   std::size_t bb, seq;
+  std::size_t first_query = 0, block_rows = 0;  // a block of queries; block_rows 0: all T from 0
+  T* logsumexp = nullptr;                        // sequence bb's [Hq * T] row logsumexps, or not wanted
 
-  RLHF_HOST_DEVICE std::size_t visible(std::size_t r) const { return attention_visible_keys(lengths, bb, r % seq, seq); }
+  RLHF_HOST_DEVICE std::size_t rows_per_head() const { return block_rows == 0 ? seq : block_rows; }
+  RLHF_HOST_DEVICE std::size_t query(std::size_t r) const { return first_query + r % rows_per_head(); }
+  RLHF_HOST_DEVICE std::size_t visible(std::size_t r) const {
+    return attention_visible_keys(lengths, bb, query(r), seq);
+  }
 
   /// e^(s - m) for a score s and the row's maximum m (a score, so exact in T): in float for float scores.
   RLHF_HOST_DEVICE static double shifted_exp(T s, double m) {
@@ -106,12 +120,15 @@ struct attention_softmax_rows {
     return sum;
   }
 
-  /// Writes the part's probabilities from the row's maximum and sum, and zeros past the visible keys.
+  /// Writes the part's probabilities from the row's maximum and sum, and zeros past the visible keys (and
+  /// the row's logsumexp, from the part that starts the row).
   RLHF_HOST_DEVICE void write(std::size_t r, double m, double sum, std::size_t first, std::size_t step) const {
     const std::size_t lim = visible(r);
     T* row = p + r * seq;
     for (std::size_t j = first; j < seq; j += step)
       row[j] = j < lim ? static_cast<T>(shifted_exp(row[j], m) / sum) : T(0);
+    if (logsumexp != nullptr && first == 0)
+      logsumexp[(r / rows_per_head()) * seq + query(r)] = lim > 0 ? static_cast<T>(m + log(sum)) : T(0);
   }
 
   RLHF_HOST_DEVICE void operator()(std::size_t r) const {
@@ -152,6 +169,57 @@ struct attention_softmax_backward_rows {
   RLHF_HOST_DEVICE void operator()(std::size_t r) const { write(r, partial_sum(r, 0, 1), 0, 1); }
 };
 
+/// Row pass of the recomputing backward, over a block of queries (rows r = h * block_rows + i - first_query):
+/// `p` holds the scores S of the block and becomes P = exp(S - lse) (Dao 2023, FlashAttention-2), `ds`
+/// holds dP and becomes dS = P o (dP - D) with D = sum_j P dP; exact zeros past the visible keys. In parts:
+/// `partial_sum` of P dP (P recomputed from S, which stays in place until the writes), then `write` given D.
+template <class T, class S>
+struct attention_recompute_backward_rows {
+  T* p;
+  T* ds;
+  const T* logsumexp;  // sequence bb's [Hq * T] row logsumexps
+  vector_view<const std::int32_t, S> lengths;
+  std::size_t bb, seq, first_query, block_rows;
+
+  RLHF_HOST_DEVICE std::size_t query(std::size_t r) const { return first_query + r % block_rows; }
+  RLHF_HOST_DEVICE std::size_t visible(std::size_t r) const {
+    return attention_visible_keys(lengths, bb, query(r), seq);
+  }
+  RLHF_HOST_DEVICE double row_logsumexp(std::size_t r) const {
+    return static_cast<double>(logsumexp[(r / block_rows) * seq + query(r)]);
+  }
+
+  RLHF_HOST_DEVICE double partial_sum(std::size_t r, std::size_t first, std::size_t step) const {
+    const std::size_t lim = visible(r);
+    const double lse = row_logsumexp(r);
+    const T* sr = p + r * seq;
+    const T* dr = ds + r * seq;
+    double d = 0.0;
+    for (std::size_t j = first; j < lim; j += step)
+      d += attention_softmax_rows<T, S>::shifted_exp(sr[j], lse) * static_cast<double>(dr[j]);
+    return d;
+  }
+
+  RLHF_HOST_DEVICE void write(std::size_t r, double d, std::size_t first, std::size_t step) const {
+    const std::size_t lim = visible(r);
+    const double lse = row_logsumexp(r);
+    T* sr = p + r * seq;
+    T* dr = ds + r * seq;
+    for (std::size_t j = first; j < seq; j += step) {
+      if (j < lim) {
+        const double pj = attention_softmax_rows<T, S>::shifted_exp(sr[j], lse);
+        sr[j] = static_cast<T>(pj);
+        dr[j] = static_cast<T>(pj * (static_cast<double>(dr[j]) - d));
+      } else {
+        sr[j] = T(0);
+        dr[j] = T(0);
+      }
+    }
+  }
+
+  RLHF_HOST_DEVICE void operator()(std::size_t r) const { write(r, partial_sum(r, 0, 1), 0, 1); }
+};
+
 /// The row passes' default runner: one row per index of the backend's loop (`for_each_weighted_index`). A
 /// backend's kernel passes its own runner, called as `row_pass(backend, count, work_per_row, row_functor)`.
 struct attention_rows_by_index {
@@ -181,9 +249,135 @@ void attention_zero_rows(const B& be, matrix_view<T, typename B::memory_space> m
   if (last > first) be.fill(vector_view<T, typename B::memory_space>{m.data + first * m.cols, (last - first) * m.cols}, T(0));
 }
 
+/// Queries per block of the blocked passes below: a block's scratch holds Hq * rows * T scores (and the
+/// backward's dP as much again); at most 2^24 elements (64 MiB of float), at least 64 rows, at most T.
+inline std::size_t attention_query_block_rows(std::size_t n_heads, std::size_t seq) {
+  const std::size_t budget = std::size_t(1) << 24;
+  const std::size_t per_row = n_heads * seq > 0 ? n_heads * seq : 1;
+  const std::size_t rows = budget / per_row > 64 ? budget / per_row : 64;
+  return rows < seq ? rows : seq;
+}
+
+/// One block of queries [i0, i0 + tb) of sequence bb, which sees the keys [0, kb): its [Hq * tb, T] buffers
+/// hold row h * tb + (i - i0) for query i of head h, so that the heads h = kvh * group + g of one offset g sit
+/// at a constant stride (one product batch over the kv heads). The products below are its steps, in cuBLAS's
+/// column-major convention (see the file comment).
+struct attention_block {
+  attention_shape s;
+  std::size_t bb, i0, tb, kb;
+  std::size_t head_block() const { return tb * s.seq; }  // elements of one head's rows in a block buffer
+};
+
+/// Scores: C = S_blk^T (column-major) = K_kvh Q_blk^T * alpha, into `p`'s rows; only the block's kb columns.
+template <class T, class Product>
+void attention_score_products(Product& product, const attention_block& blk, const T* q, std::size_t q_cols,
+                              const T* k, std::size_t k_cols, T* p, T alpha) {
+  const attention_shape& s = blk.s;
+  for (std::size_t g = 0; g < s.group; ++g) {
+    strided_product<T> sc;
+    sc.trans_a = true;
+    sc.m = blk.kb, sc.n = blk.tb, sc.k = s.head_dim;
+    sc.alpha = alpha;
+    sc.a = k + blk.bb * s.seq * k_cols, sc.lda = k_cols, sc.stride_a = s.head_dim;
+    sc.b = q + (blk.bb * s.seq + blk.i0) * q_cols + g * s.head_dim, sc.ldb = q_cols, sc.stride_b = s.group * s.head_dim;
+    sc.c = p + g * blk.head_block(), sc.ldc = s.seq, sc.stride_c = s.group * blk.head_block();
+    sc.batch = s.n_kv_heads;
+    product(sc);
+  }
+}
+
+/// Output: C = O_blk^T = V_kvh^T P_blk^T over the block's keys.
+template <class T, class Product>
+void attention_output_products(Product& product, const attention_block& blk, const T* v, std::size_t v_cols,
+                               const T* p, T* out, std::size_t out_cols) {
+  const attention_shape& s = blk.s;
+  for (std::size_t g = 0; g < s.group; ++g) {
+    strided_product<T> o;
+    o.m = s.head_dim, o.n = blk.tb, o.k = blk.kb;
+    o.a = v + blk.bb * s.seq * v_cols, o.lda = v_cols, o.stride_a = s.head_dim;
+    o.b = p + g * blk.head_block(), o.ldb = s.seq, o.stride_b = s.group * blk.head_block();
+    o.c = out + (blk.bb * s.seq + blk.i0) * out_cols + g * s.head_dim, o.ldc = out_cols,
+    o.stride_c = s.group * s.head_dim;
+    o.batch = s.n_kv_heads;
+    product(o);
+  }
+}
+
+/// The backward's products of a block, given P_blk in `p` and dS_blk in `ds`: dQ_blk = dS K_kvh / sqrt(hd)
+/// (C = dQ_blk^T = K_kvh^T dS^T), dK_kvh (+)= dS^T Q_blk / sqrt(hd) and dV_kvh (+)= P^T dO_blk. The group's
+/// heads add in order of g, onto what dK and dV hold unless `overwrite_first` (beta = 0 for g = 0):
+/// deterministic, no atomics.
+template <class T, class Product>
+void attention_gradient_products(Product& product, const attention_block& blk, const T* q, std::size_t q_cols,
+                                 const T* k, std::size_t k_cols, const T* d_out, std::size_t d_out_cols, const T* p,
+                                 const T* ds, T* d_q, std::size_t d_q_cols, T* d_k, T* d_v, std::size_t kv_cols,
+                                 bool overwrite_first) {
+  const attention_shape& s = blk.s;
+  const std::size_t hd = s.head_dim, first_row = blk.bb * s.seq + blk.i0;
+  const T scale = static_cast<T>(s.scale);
+  for (std::size_t g = 0; g < s.group; ++g) {
+    strided_product<T> dq;
+    dq.m = hd, dq.n = blk.tb, dq.k = blk.kb;
+    dq.alpha = scale;
+    dq.a = k + blk.bb * s.seq * k_cols, dq.lda = k_cols, dq.stride_a = hd;
+    dq.b = ds + g * blk.head_block(), dq.ldb = s.seq, dq.stride_b = s.group * blk.head_block();
+    dq.c = d_q + first_row * d_q_cols + g * hd, dq.ldc = d_q_cols, dq.stride_c = s.group * hd;
+    dq.batch = s.n_kv_heads;
+    product(dq);
+    strided_product<T> dk;
+    dk.trans_b = true;
+    dk.m = hd, dk.n = blk.kb, dk.k = blk.tb;
+    dk.alpha = scale;
+    dk.a = q + first_row * q_cols + g * hd, dk.lda = q_cols, dk.stride_a = s.group * hd;
+    dk.b = ds + g * blk.head_block(), dk.ldb = s.seq, dk.stride_b = s.group * blk.head_block();
+    dk.beta = g == 0 && overwrite_first ? T(0) : T(1);
+    dk.c = d_k + blk.bb * s.seq * kv_cols, dk.ldc = kv_cols, dk.stride_c = hd;
+    dk.batch = s.n_kv_heads;
+    product(dk);
+    strided_product<T> dv = dk;
+    dv.alpha = T(1);
+    dv.a = d_out + first_row * d_out_cols + g * hd, dv.lda = d_out_cols;
+    dv.b = p + g * blk.head_block();
+    dv.c = d_v + blk.bb * s.seq * kv_cols;
+    product(dv);
+  }
+}
+
+/// The forward in blocks of `rows` queries (see the file comment): per block, the score products into `p`,
+/// the softmax row pass (writing the row logsumexps too when `logsumexp` is given), the output products.
+/// `p_of(bb)` is the [Hq * rows, T] buffer of sequence bb's blocks (with rows = T, its saved probs).
+template <class B, class T, class Product, class RowPass, class BufferOf>
+void attention_forward_blocks(const B& be, Product& product, RowPass& row_pass,
+                              matrix_view<const T, typename B::memory_space> q,
+                              matrix_view<const T, typename B::memory_space> k,
+                              matrix_view<const T, typename B::memory_space> v, const attention_shape& s,
+                              std::size_t rows, const BufferOf& p_of, matrix_view<T, typename B::memory_space> out,
+                              T* logsumexp, vector_view<const std::int32_t, typename B::memory_space> lengths) {
+  using S = typename B::memory_space;
+  const std::size_t seq = s.seq;
+  const std::vector<std::size_t> extents = attention_key_extents(be, lengths, s.batch, seq);
+  for (std::size_t bb = 0; bb < s.batch; ++bb) {
+    T* p = p_of(bb);
+    T* lse = logsumexp == nullptr ? nullptr : logsumexp + bb * s.n_heads * seq;
+    for (std::size_t i0 = 0; i0 < seq; i0 += rows) {
+      const std::size_t tb = std::min(rows, seq - i0);
+      const attention_block blk{s, bb, i0, tb, std::min(i0 + tb, extents[bb])};
+      attention_score_products<T>(product, blk, q.data, q.cols, k.data, k.cols, p, static_cast<T>(s.scale));
+      // The row pass writes the softmax (zeros past the visible keys, all zeros for a query with none).
+      row_pass(be, s.n_heads * tb, 3 * blk.kb, attention_softmax_rows<T, S>{p, lengths, bb, seq, i0, tb, lse});
+      if (blk.kb == 0) {  // no key: the block's outputs are 0 (no product with an empty inner dimension)
+        attention_zero_rows(be, out, bb * seq + i0, bb * seq + i0 + tb);
+        continue;
+      }
+      attention_output_products<T>(product, blk, v.data, v.cols, p, out.data, out.cols);
+    }
+  }
+}
+
 /// The forward (see the file comment). `product(const strided_product<T>&)` runs one batch of products on
-/// the backend's device, `row_pass` the softmax row passes (see attention_rows_by_index); `probs` may be empty
-/// (then a scratch of Hq * T * T holds each sequence's in turn).
+/// the backend's device, `row_pass` the softmax row passes (see attention_rows_by_index). With `probs`, one
+/// block of all T queries per sequence into its saved probabilities; with `probs` empty, blocks of
+/// attention_query_block_rows queries in a scratch.
 template <class B, class T, class Product, class RowPass = attention_rows_by_index>
 void attention_forward_by_products(const B& be, Product&& product, RowPass&& row_pass,
                                    matrix_view<const T, typename B::memory_space> q,
@@ -193,44 +387,37 @@ void attention_forward_by_products(const B& be, Product&& product, RowPass&& row
                                    matrix_view<T, typename B::memory_space> out,
                                    matrix_view<T, typename B::memory_space> probs,
                                    vector_view<const std::int32_t, typename B::memory_space> lengths) {
-  using S = typename B::memory_space;
   const attention_shape s = attention_shape_of(q.rows, q.cols, batch, n_heads, n_kv_heads);
-  const std::size_t seq = s.seq, hd = s.head_dim, square = seq * seq;
+  const std::size_t seq = s.seq;
   const bool save = probs.data != nullptr;
-  auto scratch = allocate<T>(be, save ? 0 : n_heads * seq, seq);
-  const std::vector<std::size_t> extents = attention_key_extents(be, lengths, batch, seq);
-  for (std::size_t bb = 0; bb < batch; ++bb) {
-    T* p = save ? probs.data + bb * n_heads * square : scratch.view().data;
-    const std::size_t keys = extents[bb];
-    for (std::size_t g = 0; g < s.group; ++g) {
-      // Scores: C = S_h^T (column-major) = K_kvh Q_h^T, so that the row-major S_h lands in p's rows; only the
-      // first `keys` columns (the row pass reads no further and writes zeros past them).
-      strided_product<T> sc;
-      sc.trans_a = true;
-      sc.m = keys, sc.n = seq, sc.k = hd;
-      sc.alpha = static_cast<T>(s.scale);
-      sc.a = k.data + bb * seq * k.cols, sc.lda = k.cols, sc.stride_a = hd;
-      sc.b = q.data + bb * seq * q.cols + g * hd, sc.ldb = q.cols, sc.stride_b = s.group * hd;
-      sc.c = p + g * square, sc.ldc = seq, sc.stride_c = s.group * square;
-      sc.batch = n_kv_heads;
-      product(sc);
-    }
-    row_pass(be, n_heads * seq, 3 * seq, attention_softmax_rows<T, S>{p, lengths, bb, seq});
-    if (keys == 0) {  // no key: every output of the sequence is 0 (no product with an empty inner dimension)
-      attention_zero_rows(be, out, bb * seq, (bb + 1) * seq);
-      continue;
-    }
-    for (std::size_t g = 0; g < s.group; ++g) {
-      // Output: C = O_h^T = V_kvh^T P_h^T, over the valid keys.
-      strided_product<T> o;
-      o.m = hd, o.n = seq, o.k = keys;
-      o.a = v.data + bb * seq * v.cols, o.lda = v.cols, o.stride_a = hd;
-      o.b = p + g * square, o.ldb = seq, o.stride_b = s.group * square;
-      o.c = out.data + bb * seq * out.cols + g * hd, o.ldc = out.cols, o.stride_c = s.group * hd;
-      o.batch = n_kv_heads;
-      product(o);
-    }
-  }
+  const std::size_t rows = save ? seq : attention_query_block_rows(n_heads, seq);
+  auto scratch = allocate<T>(be, save ? 0 : n_heads * rows, seq);
+  T* const block_buffer = scratch.view().data;
+  const auto p_of = [&](std::size_t bb) { return save ? probs.data + bb * n_heads * seq * seq : block_buffer; };
+  attention_forward_blocks<B, T>(be, product, row_pass, q, k, v, s, rows, p_of, out, static_cast<T*>(nullptr),
+                                 lengths);
+}
+
+/// The logsumexp forward (rlhf::causal_attention_forward_logsumexp) by products: the blocked forward above
+/// with each row's logsumexp written by the row pass, in a scratch of Hq * rows * T (`block_rows` 0 picks
+/// attention_query_block_rows), so that no [Hq * T, T] buffer exists.
+template <class B, class T, class Product, class RowPass = attention_rows_by_index>
+void attention_forward_logsumexp_by_products(const B& be, Product&& product, RowPass&& row_pass,
+                                             matrix_view<const T, typename B::memory_space> q,
+                                             matrix_view<const T, typename B::memory_space> k,
+                                             matrix_view<const T, typename B::memory_space> v, std::size_t batch,
+                                             std::size_t n_heads, std::size_t n_kv_heads,
+                                             matrix_view<T, typename B::memory_space> out,
+                                             vector_view<T, typename B::memory_space> logsumexp,
+                                             vector_view<const std::int32_t, typename B::memory_space> lengths,
+                                             std::size_t block_rows = 0) {
+  const attention_shape s = attention_shape_of(q.rows, q.cols, batch, n_heads, n_kv_heads);
+  const std::size_t rows =
+      block_rows == 0 ? attention_query_block_rows(n_heads, s.seq) : std::min(block_rows, s.seq);
+  auto scratch = allocate<T>(be, n_heads * rows, s.seq);
+  T* const block_buffer = scratch.view().data;
+  const auto p_of = [block_buffer](std::size_t) { return block_buffer; };
+  attention_forward_blocks<B, T>(be, product, row_pass, q, k, v, s, rows, p_of, out, logsumexp.data, lengths);
 }
 
 /// The backward (see the file comment), with a scratch of Hq * T * T for each sequence's dP / dS in turn;
@@ -249,14 +436,12 @@ void attention_backward_by_products(const B& be, Product&& product, RowPass&& ro
                                     vector_view<const std::int32_t, typename B::memory_space> lengths) {
   using S = typename B::memory_space;
   const attention_shape s = attention_shape_of(q.rows, q.cols, batch, n_heads, n_kv_heads);
-  const std::size_t seq = s.seq, hd = s.head_dim, square = seq * seq;
+  const std::size_t seq = s.seq;
   auto scratch = allocate<T>(be, n_heads * seq, seq);
   T* ds = scratch.view().data;
-  const T scale = static_cast<T>(s.scale);
   const std::vector<std::size_t> extents = attention_key_extents(be, lengths, batch, seq);
   for (std::size_t bb = 0; bb < batch; ++bb) {
-    const T* p = probs.data + bb * n_heads * square;
-    const T* dob = d_out.data + bb * seq * d_out.cols;
+    const T* p = probs.data + bb * n_heads * seq * seq;
     const std::size_t keys = extents[bb];
     // Padding keys get no gradient: their rows of dK and dV are 0 (the products below write the valid ones).
     attention_zero_rows(be, d_k, bb * seq + keys, (bb + 1) * seq);
@@ -265,46 +450,58 @@ void attention_backward_by_products(const B& be, Product&& product, RowPass&& ro
       attention_zero_rows(be, d_q, bb * seq, (bb + 1) * seq);
       continue;
     }
-    for (std::size_t g = 0; g < s.group; ++g) {
-      // dP: C = dP_h^T = V_kvh dO_h^T, row-major dP_h in the scratch's rows (the valid keys' columns).
-      strided_product<T> dp;
-      dp.trans_a = true;
-      dp.m = keys, dp.n = seq, dp.k = hd;
-      dp.a = v.data + bb * seq * v.cols, dp.lda = v.cols, dp.stride_a = hd;
-      dp.b = dob + g * hd, dp.ldb = d_out.cols, dp.stride_b = s.group * hd;
-      dp.c = ds + g * square, dp.ldc = seq, dp.stride_c = s.group * square;
-      dp.batch = n_kv_heads;
-      product(dp);
-    }
+    const attention_block blk{s, bb, 0, seq, keys};  // one block of all T queries, over the valid keys
+    // dP: C = dP^T = V_kvh dO^T (the score products' shape), row-major dP in the scratch's rows.
+    attention_score_products<T>(product, blk, d_out.data, d_out.cols, v.data, v.cols, ds, T(1));
     row_pass(be, n_heads * seq, 2 * seq, attention_softmax_backward_rows<T, S>{p, ds, lengths, bb, seq});
-    for (std::size_t g = 0; g < s.group; ++g) {
-      // dQ: C = dQ_h^T = K_kvh^T dS_h^T / sqrt(hd).
-      strided_product<T> dq;
-      dq.m = hd, dq.n = seq, dq.k = keys;
-      dq.alpha = scale;
-      dq.a = k.data + bb * seq * k.cols, dq.lda = k.cols, dq.stride_a = hd;
-      dq.b = ds + g * square, dq.ldb = seq, dq.stride_b = s.group * square;
-      dq.c = d_q.data + bb * seq * d_q.cols + g * hd, dq.ldc = d_q.cols, dq.stride_c = s.group * hd;
-      dq.batch = n_kv_heads;
-      product(dq);
-      // dK: C = dK_kvh^T (+)= Q_h^T dS_h / sqrt(hd); dV: C = dV_kvh^T (+)= dO_h^T P_h. The group's heads add
-      // in order of g (beta = 1 after the first): deterministic, no atomics.
-      strided_product<T> dk;
-      dk.trans_b = true;
-      dk.m = hd, dk.n = keys, dk.k = seq;
-      dk.alpha = scale;
-      dk.a = q.data + bb * seq * q.cols + g * hd, dk.lda = q.cols, dk.stride_a = s.group * hd;
-      dk.b = ds + g * square, dk.ldb = seq, dk.stride_b = s.group * square;
-      dk.beta = g == 0 ? T(0) : T(1);
-      dk.c = d_k.data + bb * seq * d_k.cols, dk.ldc = d_k.cols, dk.stride_c = hd;
-      dk.batch = n_kv_heads;
-      product(dk);
-      strided_product<T> dv = dk;
-      dv.alpha = T(1);
-      dv.a = dob + g * hd, dv.lda = d_out.cols;
-      dv.b = p + g * square;
-      dv.c = d_v.data + bb * seq * d_v.cols, dv.ldc = d_v.cols;
-      product(dv);
+    attention_gradient_products<T>(product, blk, q.data, q.cols, k.data, k.cols, d_out.data, d_out.cols, p, ds,
+                                   d_q.data, d_q.cols, d_k.data, d_v.data, d_k.cols, true);
+  }
+}
+
+/// The recomputing backward (rlhf::causal_attention_backward_recompute) by products, in the forward's blocks
+/// of queries: per block, S_blk and dP_blk = dO_blk V_kb^T into two scratches of Hq * tb * T, the row pass
+/// (attention_recompute_backward_rows: P = exp(S - lse), dS = P o (dP - D)), then the gradient products,
+/// every block adding onto dK and dV rows zeroed first.
+template <class B, class T, class Product, class RowPass = attention_rows_by_index>
+void attention_backward_recompute_by_products(const B& be, Product&& product, RowPass&& row_pass,
+                                              matrix_view<const T, typename B::memory_space> q,
+                                              matrix_view<const T, typename B::memory_space> k,
+                                              matrix_view<const T, typename B::memory_space> v,
+                                              vector_view<const T, typename B::memory_space> logsumexp,
+                                              matrix_view<const T, typename B::memory_space> d_out,
+                                              std::size_t batch, std::size_t n_heads, std::size_t n_kv_heads,
+                                              matrix_view<T, typename B::memory_space> d_q,
+                                              matrix_view<T, typename B::memory_space> d_k,
+                                              matrix_view<T, typename B::memory_space> d_v,
+                                              vector_view<const std::int32_t, typename B::memory_space> lengths,
+                                              std::size_t block_rows = 0) {
+  using S = typename B::memory_space;
+  const attention_shape s = attention_shape_of(q.rows, q.cols, batch, n_heads, n_kv_heads);
+  const std::size_t seq = s.seq;
+  const std::size_t rows = block_rows == 0 ? attention_query_block_rows(n_heads, seq) : std::min(block_rows, seq);
+  auto scratch_p = allocate<T>(be, n_heads * rows, seq), scratch_ds = allocate<T>(be, n_heads * rows, seq);
+  T* p = scratch_p.view().data;
+  T* ds = scratch_ds.view().data;
+  const std::vector<std::size_t> extents = attention_key_extents(be, lengths, batch, seq);
+  for (std::size_t bb = 0; bb < batch; ++bb) {
+    const std::size_t keys = extents[bb];
+    attention_zero_rows(be, d_k, bb * seq, (bb + 1) * seq);  // the blocks add onto these
+    attention_zero_rows(be, d_v, bb * seq, (bb + 1) * seq);
+    if (keys == 0) {
+      attention_zero_rows(be, d_q, bb * seq, (bb + 1) * seq);
+      continue;
+    }
+    for (std::size_t i0 = 0; i0 < seq; i0 += rows) {
+      const std::size_t tb = std::min(rows, seq - i0);
+      const attention_block blk{s, bb, i0, tb, std::min(i0 + tb, keys)};
+      attention_score_products<T>(product, blk, q.data, q.cols, k.data, k.cols, p, static_cast<T>(s.scale));
+      attention_score_products<T>(product, blk, d_out.data, d_out.cols, v.data, v.cols, ds, T(1));  // dP
+      row_pass(be, n_heads * tb, 3 * blk.kb,
+               attention_recompute_backward_rows<T, S>{p, ds, logsumexp.data + bb * n_heads * seq, lengths, bb, seq,
+                                                       i0, tb});
+      attention_gradient_products<T>(product, blk, q.data, q.cols, k.data, k.cols, d_out.data, d_out.cols, p, ds,
+                                     d_q.data, d_q.cols, d_k.data, d_v.data, d_k.cols, false);
     }
   }
 }

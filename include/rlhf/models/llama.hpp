@@ -184,14 +184,29 @@ struct log_prob_options {
 template <class B, class T>
 class llama_model;
 
+/// What a training pass keeps of each layer's attention for the backward (llama_model::set_attention_memory);
+/// the gradients agree to rounding in every mode.
+enum class attention_memory {
+  /// Each layer's softmax, [B*Hq*T, T] (the fastest backward; T times a layer's q in memory, per layer).
+  per_layer_softmax,
+  /// One softmax for all layers; the backward recomputes each layer's with one more attention forward: the
+  /// same gradients bit for bit as per_layer_softmax.
+  shared_softmax,
+  /// Each layer's row logsumexps, [B*Hq*T] (rlhf::causal_attention_forward_logsumexp); the backward
+  /// recomputes the probabilities from the scores (rlhf::causal_attention_backward_recompute): no T x T
+  /// buffer at all, for one more score product per layer in the backward.
+  logsumexp,
+};
+
 /// The intermediate results of a forward pass of llama_model's trunk (the transformer without its
 /// head), owned by the caller of the pass so that several heads (a policy, a value head sharing its
 /// trunk) can each keep their own. A training pass stores, per layer, the inputs of every layer
 /// function's backward (RMSNorm inputs and 1/rms, q, k, v after rotation, the attention softmax, the
 /// SwiGLU gate and up projections, ...): about `(8 D + 2 kv_dim + 3 F + 2 + Hq T) * B * T` values per
-/// layer, or `(8 D + 2 kv_dim + 3 F + 2) * B * T` per layer plus one `Hq T * B * T` softmax for all layers
-/// when the model recomputes the attention (llama_model::set_attention_recompute). An inference pass reuses
-/// one layer's buffers for every layer and stores no softmax.
+/// layer with attention_memory::per_layer_softmax, `(8 D + 2 kv_dim + 3 F + 2) * B * T` per layer plus one
+/// `Hq T * B * T` softmax for all layers with shared_softmax, and `(8 D + 2 kv_dim + 3 F + 2 + Hq) * B * T`
+/// per layer with logsumexp (llama_model::set_attention_memory). An inference pass reuses one layer's
+/// buffers for every layer and stores no softmax.
 /// Buffers are kept between passes of the same shape.
 template <class B, class T>
 class llama_activations {
@@ -213,8 +228,8 @@ class llama_activations {
     std::size_t n = shared_probs_.view().size() + x_final_.view().size() + inv_rms_final_.view().size() +
                     hidden_.view().size() + proj_.view().size();
     for (const auto& s : layers_) {
-      for (const auto* buf : {&s.x_in, &s.inv_rms_att, &s.xb_att, &s.q, &s.k, &s.v, &s.probs, &s.att, &s.x_mid,
-                              &s.inv_rms_ffn, &s.xb_ffn, &s.gate, &s.up, &s.act})
+      for (const auto* buf : {&s.x_in, &s.inv_rms_att, &s.xb_att, &s.q, &s.k, &s.v, &s.probs, &s.logsumexp, &s.att,
+                              &s.x_mid, &s.inv_rms_ffn, &s.xb_ffn, &s.gate, &s.up, &s.act})
         n += buf->view().size();
     }
     return n;
@@ -223,11 +238,12 @@ class llama_activations {
  private:
   friend class llama_model<B, T>;
   struct layer_buffers {
-    buffer_t<B, T> x_in, inv_rms_att, xb_att, q, k, v, probs, att, x_mid, inv_rms_ffn, xb_ffn, gate, up, act;
+    buffer_t<B, T> x_in, inv_rms_att, xb_att, q, k, v, probs, logsumexp, att, x_mid, inv_rms_ffn, xb_ffn, gate, up,
+        act;
   };
   std::vector<layer_buffers> layers_;
-  buffer_t<B, T> shared_probs_;    // the one attention softmax of a recomputing training pass
-  bool recompute_attention_ = false;  // the mode of the latest prepare (see llama_model::set_attention_recompute)
+  buffer_t<B, T> shared_probs_;  // the one attention softmax of an attention_memory::shared_softmax pass
+  attention_memory attention_memory_ = attention_memory::per_layer_softmax;  // the mode of the latest prepare
   buffer_t<B, token_type> tokens_;
   buffer_t<B, std::int32_t> positions_, lengths_;
   bool has_lengths_ = false;
@@ -389,15 +405,17 @@ class llama_model {
   /// Whether the model has its language-model classifier (false for a reward or value model's trunk).
   bool has_classifier() const { return has_classifier_; }
 
-  /// Memory for time in training passes: with `on`, a training forward keeps one attention softmax
-  /// (`[B*Hq*T, T]`, the largest activation: T times the size of a layer's q) for all layers instead of one
-  /// per layer, and the backward recomputes each layer's from the saved q, k and v before using it: one
-  /// more attention forward per layer and backward pass, the same gradients bit for bit (the attention is
-  /// deterministic). Off by default. Takes effect at the next training forward; a recorded pass is
-  /// backpropagated the way it was recorded.
-  void set_attention_recompute(bool on) { recompute_attention_ = on; }
-  /// Whether training passes recompute the attention softmax (set_attention_recompute).
-  bool attention_recompute() const { return recompute_attention_; }
+  /// Memory for time in training passes: what a training forward keeps of each layer's attention for the
+  /// backward (rlhf::attention_memory). The softmax, `[B*Hq*T, T]`, is the largest activation (T times the
+  /// size of a layer's q): attention_memory::per_layer_softmax (the default) keeps one per layer,
+  /// shared_softmax one for all layers (the backward recomputes each layer's with one more attention
+  /// forward; the same gradients bit for bit, the attention being deterministic), logsumexp none (each layer
+  /// keeps `[B*Hq*T]` row logsumexps and the backward recomputes the probabilities from the scores; the
+  /// gradients agree with the other modes to rounding). Takes effect at the next training forward; a
+  /// recorded pass is backpropagated the way it was recorded.
+  void set_attention_memory(attention_memory mode) { attention_memory_ = mode; }
+  /// What training passes keep of the attention (set_attention_memory).
+  attention_memory attention_memory_mode() const { return attention_memory_; }
 
   /// A parameter's value by name (for tests and checkpoints). @throws rlhf::invalid_argument if unknown.
   backend_matrix<B, T> parameter(std::string_view name) {
@@ -480,9 +498,15 @@ class llama_model {
       linear_forward(b, as_const(s.xb_att.view()), layer(l, 3), s.v.view());
       rope_forward(b, as_const(s.q.view()), pos, c.head_dim(), s.q.view(), c.rope_theta);
       rope_forward(b, as_const(s.k.view()), pos, c.head_dim(), s.k.view(), c.rope_theta);
-      causal_attention_forward(b, as_const(s.q.view()), as_const(s.k.view()), as_const(s.v.view()), tokens.rows,
-                               c.n_heads, c.n_kv_heads, s.att.view(), training ? saved_probs(act, l) : backend_matrix<B, T>{},
-                               len);
+      if (training && act.attention_memory_ == attention_memory::logsumexp) {
+        causal_attention_forward_logsumexp(b, as_const(s.q.view()), as_const(s.k.view()), as_const(s.v.view()),
+                                           tokens.rows, c.n_heads, c.n_kv_heads, s.att.view(),
+                                           s.logsumexp.view().flat(), len);
+      } else {
+        causal_attention_forward(b, as_const(s.q.view()), as_const(s.k.view()), as_const(s.v.view()), tokens.rows,
+                                 c.n_heads, c.n_kv_heads, s.att.view(),
+                                 training ? saved_probs(act, l) : backend_matrix<B, T>{}, len);
+      }
       linear_forward(b, as_const(s.att.view()), layer(l, 4), proj);
       b.transform(x_mid.flat(), detail::llama_add{}, as_const(x_in).flat(), as_const(proj).flat());
       rms_norm_forward(b, as_const(x_mid), layer(l, 5).flat(), s.xb_ffn.view(),
@@ -540,15 +564,21 @@ class llama_model {
       accumulate(dx, dtmp);  // d x_mid: the residual path plus the normalized branch
       // Attention block: x_mid = x_in + wo attention(rope(wq h), rope(wk h), wv h), h = rms_norm(x_in) * attention_norm.
       linear_backward(b, as_const(s.att.view()), layer(l, 4), as_const(dx), dxb, layer_grad(l, 4));
-      if (act.recompute_attention_) {
-        // The forward kept no softmax of this layer: recompute it from the saved q, k, v (the same
-        // deterministic call as the forward's, so the same bits); its output lands in dtmp, unused.
-        causal_attention_forward(b, as_const(s.q.view()), as_const(s.k.view()), as_const(s.v.view()), act.batch_,
-                                 c.n_heads, c.n_kv_heads, dtmp, saved_probs(act, l), len);
+      if (act.attention_memory_ == attention_memory::logsumexp) {
+        causal_attention_backward_recompute(b, as_const(s.q.view()), as_const(s.k.view()), as_const(s.v.view()),
+                                            as_const(s.logsumexp.view().flat()), as_const(dxb), act.batch_,
+                                            c.n_heads, c.n_kv_heads, d_q.view(), d_k.view(), d_v.view(), len);
+      } else {
+        if (act.attention_memory_ == attention_memory::shared_softmax) {
+          // The forward kept no softmax of this layer: recompute it from the saved q, k, v (the same
+          // deterministic call as the forward's, so the same bits); its output lands in dtmp, unused.
+          causal_attention_forward(b, as_const(s.q.view()), as_const(s.k.view()), as_const(s.v.view()), act.batch_,
+                                   c.n_heads, c.n_kv_heads, dtmp, saved_probs(act, l), len);
+        }
+        causal_attention_backward(b, as_const(s.q.view()), as_const(s.k.view()), as_const(s.v.view()),
+                                  as_const(saved_probs(act, l)), as_const(dxb), act.batch_, c.n_heads, c.n_kv_heads,
+                                  d_q.view(), d_k.view(), d_v.view(), len);
       }
-      causal_attention_backward(b, as_const(s.q.view()), as_const(s.k.view()), as_const(s.v.view()),
-                                as_const(saved_probs(act, l)), as_const(dxb), act.batch_, c.n_heads, c.n_kv_heads,
-                                d_q.view(), d_k.view(), d_v.view(), len);
       rope_backward(b, as_const(d_q.view()), pos, c.head_dim(), d_q.view(), c.rope_theta);
       rope_backward(b, as_const(d_k.view()), pos, c.head_dim(), d_k.view(), c.rope_theta);
       linear_backward(b, as_const(s.xb_att.view()), layer(l, 1), as_const(d_q.view()), dxb, layer_grad(l, 1));
@@ -831,14 +861,15 @@ class llama_model {
   std::size_t grad_elements_ = 0;  // assigned so far by add()
 
   bool has_classifier_ = true;
-  bool recompute_attention_ = false;  // see set_attention_recompute
+  attention_memory attention_memory_ = attention_memory::per_layer_softmax;  // see set_attention_memory
   gradient_ready_callback gradients_ready_;  // set around a data-parallel step's last backward
   llama_activations<B, T> lm_act_;            // the latest training pass of log_probs
   detail::llama_lm_head_state<B, T> lm_head_;  // and its head's per-row results
 
   // Where a training pass keeps layer l's attention softmax: its own buffer, or the one all layers share.
   static backend_matrix<B, T> saved_probs(llama_activations<B, T>& act, std::size_t l) {
-    return act.recompute_attention_ ? act.shared_probs_.view() : act.layers_[l].probs.view();
+    return act.attention_memory_ == attention_memory::shared_softmax ? act.shared_probs_.view()
+                                                                      : act.layers_[l].probs.view();
   }
 
   void report_ready(std::size_t first, std::size_t count) const {
@@ -856,15 +887,16 @@ class llama_model {
     const llama_config& c = config_;
     const std::size_t N = rows * cols, D = c.dim, kv = c.kv_dim(), F = c.hidden_dim;
     const bool training = slots == c.n_layers;
-    const bool recompute = training && recompute_attention_;
+    const attention_memory mode = training ? attention_memory_ : attention_memory::per_layer_softmax;
     const bool same_shape = act.batch_ == rows && act.seq_ == cols && act.layers_.size() >= slots &&
-                            (!training || (act.slots_ == slots && act.recompute_attention_ == recompute));
+                            (!training || (act.slots_ == slots && act.attention_memory_ == mode));
     act.batch_ = rows;
     act.seq_ = cols;
     if (same_shape) return;
     act.slots_ = slots;
-    act.recompute_attention_ = recompute;
-    act.shared_probs_ = allocate<T>(b, recompute ? rows * c.n_heads * cols : 0, cols);
+    act.attention_memory_ = mode;
+    const std::size_t softmax_rows = rows * c.n_heads * cols;
+    act.shared_probs_ = allocate<T>(b, mode == attention_memory::shared_softmax ? softmax_rows : 0, cols);
     act.layers_.clear();
     act.layers_.resize(slots);
     for (auto& s : act.layers_) {
@@ -879,7 +911,8 @@ class llama_model {
       s.up = allocate<T>(b, N, F);
       if (training) {
         s.inv_rms_att = allocate<T>(b, N);
-        if (!recompute) s.probs = allocate<T>(b, rows * c.n_heads * cols, cols);
+        if (mode == attention_memory::per_layer_softmax) s.probs = allocate<T>(b, softmax_rows, cols);
+        if (mode == attention_memory::logsumexp) s.logsumexp = allocate<T>(b, softmax_rows, 1);
         s.x_mid = allocate<T>(b, N, D);
         s.inv_rms_ffn = allocate<T>(b, N);
         s.act = allocate<T>(b, N, F);

@@ -523,13 +523,28 @@ conformance_report check_conformance(const B& b, const conformance_options& opti
       causal_attention_backward<BE, T>(be, as_const(bq.view()), as_const(bk.view()), as_const(bv.view()),
                                        as_const(probs.view()), as_const(bd.view()), seqs, Hq, Hkv, dq.view(), dk.view(),
                                        dv.view(), as_const(bl.view().flat()));
-      return std::vector<std::vector<T>>{to_host(be, out.view()), to_host(be, online.view()), to_host(be, probs.view()),
-                                         to_host(be, dq.view()),  to_host(be, dk.view()),     to_host(be, dv.view())};
+      // The training pair that keeps row logsumexps instead of the softmax.
+      auto out2 = allocate<T>(be, rows, Hq * hd), lse = allocate<T>(be, seqs * Hq * T_len);
+      causal_attention_forward_logsumexp<BE, T>(be, as_const(bq.view()), as_const(bk.view()), as_const(bv.view()),
+                                                seqs, Hq, Hkv, out2.view(), lse.view().flat(),
+                                                as_const(bl.view().flat()));
+      auto dq2 = allocate<T>(be, rows, Hq * hd), dk2 = allocate<T>(be, rows, Hkv * hd);
+      auto dv2 = allocate<T>(be, rows, Hkv * hd);
+      causal_attention_backward_recompute<BE, T>(be, as_const(bq.view()), as_const(bk.view()), as_const(bv.view()),
+                                                 as_const(lse.view().flat()), as_const(bd.view()), seqs, Hq, Hkv,
+                                                 dq2.view(), dk2.view(), dv2.view(), as_const(bl.view().flat()));
+      return std::vector<std::vector<T>>{
+          to_host(be, out.view()),  to_host(be, online.view()), to_host(be, probs.view()), to_host(be, dq.view()),
+          to_host(be, dk.view()),   to_host(be, dv.view()),     to_host(be, out2.view()),  to_host(be, lse.view()),
+          to_host(be, dq2.view()),  to_host(be, dk2.view()),    to_host(be, dv2.view())};
     };
     const auto got = run(b), want = run(ref);
     const char* names[] = {"causal_attention_forward: out", "causal_attention_forward: out (no probs saved)",
                            "causal_attention_forward: probs", "causal_attention_backward: d_q",
-                           "causal_attention_backward: d_k", "causal_attention_backward: d_v"};
+                           "causal_attention_backward: d_k", "causal_attention_backward: d_v",
+                           "causal_attention_forward_logsumexp: out", "causal_attention_forward_logsumexp: logsumexp",
+                           "causal_attention_backward_recompute: d_q", "causal_attention_backward_recompute: d_k",
+                           "causal_attention_backward_recompute: d_v"};
     for (std::size_t i = 0; i < want.size(); ++i) rec.values<T>(names[i], got[i], want[i]);
   });
   guarded("embedding", [&] {

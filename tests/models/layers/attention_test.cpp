@@ -1,7 +1,10 @@
 // rlhf::causal_attention_forward / causal_attention_backward: hand-computed two-token cases (with and
 // without grouped-query heads), a naive host oracle over random ragged batches, the online-softmax path
 // (no probs), finite differences of all three gradients, large scores, and argument errors; the decode
-// attention over a key/value cache against the last row of the full attention, and its argument errors.
+// attention over a key/value cache against the last row of the full attention, and its argument errors. The
+// training pair that saves row logsumexps instead of the softmax (causal_attention_forward_logsumexp /
+// causal_attention_backward_recompute) is held to the same oracle, the saved-softmax backward and finite
+// differences.
 #include "test_support.hpp"
 
 #include <cmath>
@@ -29,14 +32,15 @@ struct att_shape {
 };
 
 struct att_oracle {
-  std::vector<double> out, probs;
+  std::vector<double> out, probs, logsumexp;
 };
 
 /// Straight from the definition: scores, masked max-subtracted softmax, weighted sum; one (b, h, i) at a time.
 att_oracle oracle_attention(const att_shape& s, const std::vector<double>& q, const std::vector<double>& k,
                             const std::vector<double>& v, const std::vector<std::int32_t>& lengths) {
   const std::size_t T = s.seq, hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
-  att_oracle o{std::vector<double>(s.rows() * s.qcols(), 0.0), std::vector<double>(s.batch * s.n_heads * T * T, 0.0)};
+  att_oracle o{std::vector<double>(s.rows() * s.qcols(), 0.0), std::vector<double>(s.batch * s.n_heads * T * T, 0.0),
+               std::vector<double>(s.batch * s.n_heads * T, 0.0)};
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
   for (std::size_t b = 0; b < s.batch; ++b) {
     const std::size_t len = lengths.empty() ? T : static_cast<std::size_t>(lengths[b]);
@@ -58,6 +62,7 @@ att_oracle oracle_attention(const att_shape& s, const std::vector<double>& q, co
         double z = 0;
         for (std::size_t j = 0; j < T; ++j)
           if (vis[j]) z += std::exp(sc[j] - m);
+        if (z > 0) o.logsumexp[(b * s.n_heads + h) * T + i] = m + std::log(z);
         for (std::size_t j = 0; j < T; ++j) {
           const double p = vis[j] ? std::exp(sc[j] - m) / z : 0.0;
           o.probs[((b * s.n_heads + h) * T + i) * T + j] = p;
@@ -232,6 +237,118 @@ TEMPLATE_LIST_TEST_CASE("attention: backward matches finite differences (GQA, ra
   }
 }
 
+TEMPLATE_LIST_TEST_CASE("attention: logsumexp forward and recomputing backward (hand-computed, oracle, saved softmax)",
+                        "[models][layers][attention]", all_configs) {
+  using T = typename TestType::value;
+  const auto b = TestType::make();
+  {
+    // The hand-computed case above: head 0 scores [0] then [0, ln 2], head 1 [0] then [0, 0], so the row
+    // logsumexps are 0, ln 3, 0, ln 2; the recomputed backward gives the same hand values.
+    auto q = to_backend(b, std::vector<T>{1, 0, 1, 0}, 2, 2);
+    auto k = to_backend(b, std::vector<T>{0, static_cast<T>(std::log(2.0))}, 2, 1);
+    auto v = to_backend(b, std::vector<T>{3, 6}, 2, 1);
+    auto out = allocate<T>(b, 2, 2);
+    auto lse = allocate_filled<T>(b, 4, 1, T(99));
+    causal_attention_forward_logsumexp(b, q.view(), k.view(), v.view(), 1, 2, 1, out.view(), lse.view().flat());
+    CHECK_THAT(to_host(b, out.view()), close_to<T>(std::vector<double>{3, 3, 5, 4.5}, att_rtol<T>, att_atol<T>));
+    CHECK_THAT(to_host(b, lse.view()),
+               close_to<T>(std::vector<double>{0, std::log(3.0), 0, std::log(2.0)}, att_rtol<T>, att_atol<T>));
+    auto d_out = to_backend(b, std::vector<T>{1, 0, 1, 0}, 2, 2);
+    auto dq = allocate<T>(b, 2, 2), dk = allocate<T>(b, 2, 1), dv = allocate<T>(b, 2, 1);
+    causal_attention_backward_recompute(b, q.view(), k.view(), v.view(), lse.view().flat(), d_out.view(), 1, 2, 1,
+                                        dq.view(), dk.view(), dv.view());
+    CHECK_THAT(to_host(b, dv.view()), close_to<T>(std::vector<double>{4.0 / 3, 2.0 / 3}, att_rtol<T>, att_atol<T>));
+    CHECK_THAT(to_host(b, dk.view()), close_to<T>(std::vector<double>{-2.0 / 3, 2.0 / 3}, att_rtol<T>, att_atol<T>));
+    CHECK_THAT(to_host(b, dq.view()),
+               close_to<T>(std::vector<double>{0, 0, 2.0 / 3 * std::log(2.0), 0}, att_rtol<T>, att_atol<T>));
+  }
+  // Random ragged batches (a sequence of length 0 included; T = 70 and 130 span several query blocks of the
+  // kernels that work in blocks): the oracle's output and logsumexp, and the saved-softmax backward's gradients.
+  auto g = rng(324);
+  for (const att_shape& s : std::vector<att_shape>{{3, 70, 4, 2, 6}, {2, 130, 2, 1, 4}, {2, 5, 3, 3, 2}}) {
+    const auto q = normal<T>(g, s.rows() * s.qcols()), k = normal<T>(g, s.rows() * s.kvcols()),
+               v = normal<T>(g, s.rows() * s.kvcols()), dout = normal<T>(g, s.rows() * s.qcols());
+    std::vector<std::int32_t> lengths;
+    for (auto n : random_lengths(g, s.batch, s.seq)) lengths.push_back(static_cast<std::int32_t>(n));
+    lengths[0] = 0;
+    const auto want = oracle_attention(s, cast<double>(q), cast<double>(k), cast<double>(v), lengths);
+    auto bq = to_backend(b, q, s.rows(), s.qcols()), bk = to_backend(b, k, s.rows(), s.kvcols()),
+         bv = to_backend(b, v, s.rows(), s.kvcols()), bd = to_backend(b, dout, s.rows(), s.qcols());
+    auto bl = to_backend(b, lengths);
+    auto out = allocate_filled<T>(b, s.rows(), s.qcols(), T(99));
+    auto lse = allocate_filled<T>(b, s.batch * s.n_heads * s.seq, 1, T(99));
+    causal_attention_forward_logsumexp(b, bq.view(), bk.view(), bv.view(), s.batch, s.n_heads, s.n_kv_heads,
+                                       out.view(), lse.view().flat(), bl.view().flat());
+    CHECK_THAT(to_host(b, out.view()), close_to<T>(want.out, att_rtol<T>, att_atol<T>));
+    CHECK_THAT(to_host(b, lse.view()), close_to<T>(want.logsumexp, att_rtol<T>, att_atol<T>));
+    auto probs = allocate<T>(b, s.batch * s.n_heads * s.seq, s.seq), out2 = allocate<T>(b, s.rows(), s.qcols());
+    causal_attention_forward(b, bq.view(), bk.view(), bv.view(), s.batch, s.n_heads, s.n_kv_heads, out2.view(),
+                             probs.view(), bl.view().flat());
+    std::vector<std::vector<T>> grads[2];
+    for (int recompute = 0; recompute < 2; ++recompute) {
+      auto dq = allocate_filled<T>(b, s.rows(), s.qcols(), T(7));
+      auto dk = allocate_filled<T>(b, s.rows(), s.kvcols(), T(7));
+      auto dv = allocate_filled<T>(b, s.rows(), s.kvcols(), T(7));
+      if (recompute)
+        causal_attention_backward_recompute(b, bq.view(), bk.view(), bv.view(), lse.view().flat(), bd.view(), s.batch,
+                                            s.n_heads, s.n_kv_heads, dq.view(), dk.view(), dv.view(), bl.view().flat());
+      else
+        causal_attention_backward(b, bq.view(), bk.view(), bv.view(), probs.view(), bd.view(), s.batch, s.n_heads,
+                                  s.n_kv_heads, dq.view(), dk.view(), dv.view(), bl.view().flat());
+      grads[recompute] = {to_host(b, dq.view()), to_host(b, dk.view()), to_host(b, dv.view())};
+    }
+    // Float: the saved softmax is rounded to float, the recomputed one is not; they differ by that rounding.
+    const double rt = std::is_same_v<T, float> ? 1e-3 : 1e-10, at = std::is_same_v<T, float> ? 1e-4 : 1e-11;
+    for (std::size_t i = 0; i < 3; ++i) CHECK_THAT(grads[1][i], close_to<T>(cast<double>(grads[0][i]), rt, at));
+  }
+}
+
+TEMPLATE_LIST_TEST_CASE("attention: recomputing backward matches finite differences (GQA, ragged lengths)",
+                        "[models][layers][attention][gradient]", double_configs) {
+  const auto b = TestType::make();
+  auto g = rng(325);
+  const att_shape s{3, 6, 4, 2, 3};
+  const std::vector<std::int32_t> lengths{6, 0, 4};
+  const auto q0 = normal<double>(g, s.rows() * s.qcols()), k0 = normal<double>(g, s.rows() * s.kvcols()),
+             v0 = normal<double>(g, s.rows() * s.kvcols()), gout = uniform<double>(g, s.rows() * s.qcols());
+  auto bl = to_backend(b, lengths);
+  const auto forward = [&](const std::vector<double>& q, const std::vector<double>& k, const std::vector<double>& v,
+                           auto& out, auto& lse) {
+    auto bq = to_backend(b, q, s.rows(), s.qcols()), bk = to_backend(b, k, s.rows(), s.kvcols()),
+         bv = to_backend(b, v, s.rows(), s.kvcols());
+    causal_attention_forward_logsumexp(b, bq.view(), bk.view(), bv.view(), s.batch, s.n_heads, s.n_kv_heads,
+                                       out.view(), lse.view().flat(), bl.view().flat());
+  };
+  const auto loss = [&](const std::vector<double>& q, const std::vector<double>& k, const std::vector<double>& v) {
+    auto out = allocate<double>(b, s.rows(), s.qcols());
+    auto lse = allocate<double>(b, s.batch * s.n_heads * s.seq, 1);
+    forward(q, k, v, out, lse);
+    const auto o = to_host(b, out.view());
+    double r = 0;
+    for (std::size_t i = 0; i < o.size(); ++i) r += o[i] * gout[i];
+    return r;
+  };
+  auto out = allocate<double>(b, s.rows(), s.qcols());
+  auto lse = allocate<double>(b, s.batch * s.n_heads * s.seq, 1);
+  forward(q0, k0, v0, out, lse);
+  auto bq = to_backend(b, q0, s.rows(), s.qcols()), bk = to_backend(b, k0, s.rows(), s.kvcols()),
+       bv = to_backend(b, v0, s.rows(), s.kvcols()), bg = to_backend(b, gout, s.rows(), s.qcols());
+  auto dq = allocate_filled<double>(b, s.rows(), s.qcols(), 7.0);
+  auto dk = allocate_filled<double>(b, s.rows(), s.kvcols(), 7.0);
+  auto dv = allocate_filled<double>(b, s.rows(), s.kvcols(), 7.0);
+  causal_attention_backward_recompute(b, bq.view(), bk.view(), bv.view(), lse.view().flat(), bg.view(), s.batch,
+                                      s.n_heads, s.n_kv_heads, dq.view(), dk.view(), dv.view(), bl.view().flat());
+  CHECK_THAT(to_host(b, dq.view()),
+             close_to<double>(numeric_gradient([&](const std::vector<double>& x) { return loss(x, k0, v0); }, q0),
+                              fd_rtol, fd_atol));
+  CHECK_THAT(to_host(b, dk.view()),
+             close_to<double>(numeric_gradient([&](const std::vector<double>& x) { return loss(q0, x, v0); }, k0),
+                              fd_rtol, fd_atol));
+  CHECK_THAT(to_host(b, dv.view()),
+             close_to<double>(numeric_gradient([&](const std::vector<double>& x) { return loss(q0, k0, x); }, v0),
+                              fd_rtol, fd_atol));
+}
+
 TEMPLATE_LIST_TEST_CASE("attention: argument errors name the function and the argument",
                         "[models][layers][attention][errors]", all_configs) {
   using T = typename TestType::value;
@@ -310,6 +427,37 @@ TEMPLATE_LIST_TEST_CASE("attention: argument errors name the function and the ar
   CHECK_THROWS_WITH(causal_attention_backward(b, q.view(), k.view(), v.view(), probs.view(), out.view(), 2, 4, 2,
                                               dq.view(), dk.view(), k_bad.view()),
                     Contains("'d_v'"));
+
+  const char* fwd_lse = "rlhf::causal_attention_forward_logsumexp";
+  const char* bwd_re = "rlhf::causal_attention_backward_recompute";
+  auto lse = allocate<T>(b, 24, 1), lse_bad = allocate<T>(b, 23, 1);
+  causal_attention_forward_logsumexp(b, q.view(), k.view(), v.view(), 2, 4, 2, out.view(), lse.view().flat(),
+                                     lengths.view().flat());  // fine
+  CHECK_THROWS_WITH(causal_attention_forward_logsumexp(b, q.view(), k.view(), v.view(), 2, 4, 2, out.view(), {}),
+                    Contains(fwd_lse) && Contains("'logsumexp'") && Contains("size 24"));
+  CHECK_THROWS_WITH(causal_attention_forward_logsumexp(b, q.view(), k.view(), v.view(), 2, 4, 2, out.view(),
+                                                       lse_bad.view().flat()),
+                    Contains(fwd_lse) && Contains("'logsumexp'") && Contains("size 24") && Contains("23"));
+  CHECK_THROWS_WITH(causal_attention_forward_logsumexp(b, q.view(), k.view(), v.view(), 2, 4, 3, out.view(),
+                                                       lse.view().flat()),
+                    Contains(fwd_lse) && Contains("'n_kv_heads'"));
+  CHECK_THROWS_WITH(causal_attention_forward_logsumexp(b, q.view(), k.view(), v.view(), 2, 4, 2, out.view(),
+                                                       lse.view().flat(), len_bad.view().flat()),
+                    Contains(fwd_lse) && Contains("'lengths'"));
+  CHECK_THROWS_WITH(causal_attention_backward_recompute(b, q.view(), k.view(), v.view(), lse_bad.view().flat(),
+                                                        out.view(), 2, 4, 2, dq.view(), dk.view(), dv.view()),
+                    Contains(bwd_re) && Contains("'logsumexp'") && Contains("size 24"));
+  CHECK_THROWS_WITH(causal_attention_backward_recompute(b, q.view(), k.view(), v.view(), lse.view().flat(),
+                                                        out.view(), 2, 4, 2, dq.view(), k_bad.view(), dv.view()),
+                    Contains(bwd_re) && Contains("'d_k'"));
+  {
+    auto nan_lse = allocate_filled<T>(b, 24, 1, std::numeric_limits<T>::infinity());
+    set_finite_checks(true);
+    CHECK_THROWS_WITH(causal_attention_backward_recompute(b, q.view(), k.view(), v.view(), nan_lse.view().flat(),
+                                                          out.view(), 2, 4, 2, dq.view(), dk.view(), dv.view()),
+                      Contains(bwd_re) && Contains("'logsumexp'"));
+    set_finite_checks(false);
+  }
 }
 
 TEMPLATE_LIST_TEST_CASE("attention: parallel loops give the serial bits",
@@ -336,8 +484,17 @@ TEMPLATE_LIST_TEST_CASE("attention: parallel loops give the serial bits",
          dv = allocate<T>(be, s.rows(), s.kvcols());
     causal_attention_backward(be, bq.view(), bk.view(), bv.view(), probs.view(), bd.view(), s.batch, s.n_heads,
                               s.n_kv_heads, dq.view(), dk.view(), dv.view(), bl.view().flat());
-    return std::vector<std::vector<T>>{to_host(be, out.view()), to_host(be, dq.view()), to_host(be, dk.view()),
-                                       to_host(be, dv.view())};
+    auto out2 = allocate<T>(be, s.rows(), s.qcols());
+    auto lse = allocate<T>(be, s.batch * s.n_heads * s.seq, 1);
+    causal_attention_forward_logsumexp(be, bq.view(), bk.view(), bv.view(), s.batch, s.n_heads, s.n_kv_heads,
+                                       out2.view(), lse.view().flat(), bl.view().flat());
+    auto dq2 = allocate<T>(be, s.rows(), s.qcols()), dk2 = allocate<T>(be, s.rows(), s.kvcols()),
+         dv2 = allocate<T>(be, s.rows(), s.kvcols());
+    causal_attention_backward_recompute(be, bq.view(), bk.view(), bv.view(), lse.view().flat(), bd.view(), s.batch,
+                                        s.n_heads, s.n_kv_heads, dq2.view(), dk2.view(), dv2.view(), bl.view().flat());
+    return std::vector<std::vector<T>>{to_host(be, out.view()),  to_host(be, dq.view()),  to_host(be, dk.view()),
+                                       to_host(be, dv.view()),   to_host(be, out2.view()), to_host(be, lse.view()),
+                                       to_host(be, dq2.view()), to_host(be, dk2.view()), to_host(be, dv2.view())};
   };
   const auto got = run(b), want = run(ref);
   for (std::size_t i = 0; i < want.size(); ++i) CHECK(got[i] == want[i]);

@@ -14,7 +14,11 @@
 ///
 /// The products of a sequence span its valid keys only (the lengths are copied to the host once per call),
 /// so padding key / value rows are never read, as in the generic path, and a ragged batch costs its lengths.
-/// The scratch of the products is Hq * T * T elements per sequence, with or without `probs`.
+/// With `probs` the forward writes them directly; without, it runs in blocks of queries with a scratch of
+/// Hq * rows * T (rows chosen so that it holds at most 2^24 elements). The backward's dP / dS scratch is
+/// Hq * T * T elements per sequence. The training pair that keeps row logsumexps instead
+/// (rlhf::causal_attention_forward_logsumexp / _backward_recompute) runs the same products and row passes in
+/// those blocks of queries (two scratches of Hq * rows * T in the backward): no T x T buffer.
 ///
 /// CPU reference: the generic path of rlhf/models/layers/attention.hpp. tests/backends/attention_products_test.cpp
 /// runs this algorithm on the host with a product of cuBLAS's semantics against it; the GPU test holds this
@@ -76,6 +80,12 @@ struct attention_split_rows {
     run_split_rows<split_row_kernel::sum_then_write>(b, count, rows.seq, rows,
                                                      "rlhf::causal_attention_backward (cuda_backend)");
   }
+  template <class T>
+  void operator()(const cuda_backend& b, std::size_t count, std::size_t /*work_per_row*/,
+                  const rlhf::detail::attention_recompute_backward_rows<T, cuda_space>& rows) const {
+    run_split_rows<split_row_kernel::sum_then_write>(b, count, rows.seq, rows,
+                                                     "rlhf::causal_attention_backward_recompute (cuda_backend)");
+  }
 };
 
 }  // namespace cuda_kernels
@@ -106,6 +116,37 @@ void rlhf_specialized_causal_attention_backward(const cuda_backend& b, matrix_vi
   rlhf::detail::attention_backward_by_products<cuda_backend, T>(b, product, cuda_kernels::attention_split_rows{}, q, k,
                                                                 v, probs, d_out, batch, n_heads, n_kv_heads, d_q, d_k,
                                                                 d_v, lengths);
+}
+
+/// rlhf::causal_attention_forward_logsumexp's specialization for rlhf::cuda_backend: the blocked products of
+/// rlhf::detail::attention_forward_logsumexp_by_products (scratch Hq * rows * T for a block of rows queries,
+/// at most 2^24 elements) with the same cuBLAS products and split-row softmax as the forward above.
+template <class T>
+void rlhf_specialized_causal_attention_forward_logsumexp(const cuda_backend& b, matrix_view<const T, cuda_space> q,
+                                                         matrix_view<const T, cuda_space> k,
+                                                         matrix_view<const T, cuda_space> v, std::size_t batch,
+                                                         std::size_t n_heads, std::size_t n_kv_heads,
+                                                         matrix_view<T, cuda_space> out,
+                                                         vector_view<T, cuda_space> logsumexp,
+                                                         vector_view<const std::int32_t, cuda_space> lengths) {
+  const auto product = [&b](const rlhf::detail::strided_product<T>& p) { cuda_kernels::strided_batched_product(b, p); };
+  rlhf::detail::attention_forward_logsumexp_by_products<cuda_backend, T>(
+      b, product, cuda_kernels::attention_split_rows{}, q, k, v, batch, n_heads, n_kv_heads, out, logsumexp, lengths);
+}
+
+/// rlhf::causal_attention_backward_recompute's specialization for rlhf::cuda_backend: the blocked products of
+/// rlhf::detail::attention_backward_recompute_by_products, the probabilities recomputed in the split-row pass.
+template <class T>
+void rlhf_specialized_causal_attention_backward_recompute(
+    const cuda_backend& b, matrix_view<const T, cuda_space> q, matrix_view<const T, cuda_space> k,
+    matrix_view<const T, cuda_space> v, vector_view<const T, cuda_space> logsumexp,
+    matrix_view<const T, cuda_space> d_out, std::size_t batch, std::size_t n_heads, std::size_t n_kv_heads,
+    matrix_view<T, cuda_space> d_q, matrix_view<T, cuda_space> d_k, matrix_view<T, cuda_space> d_v,
+    vector_view<const std::int32_t, cuda_space> lengths) {
+  const auto product = [&b](const rlhf::detail::strided_product<T>& p) { cuda_kernels::strided_batched_product(b, p); };
+  rlhf::detail::attention_backward_recompute_by_products<cuda_backend, T>(
+      b, product, cuda_kernels::attention_split_rows{}, q, k, v, logsumexp, d_out, batch, n_heads, n_kv_heads, d_q,
+      d_k, d_v, lengths);
 }
 
 /// rlhf::causal_attention_decode's specialization for rlhf::cuda_backend: a warp per (row, query head) pair

@@ -22,6 +22,10 @@
 /// a kv head over its group's query heads in a fixed order: deterministic, no atomics, the same bits on any
 /// thread count. Dot products accumulate in T (hd terms, then kc terms), where the generic path uses double:
 /// results agree to rounding (tests/backends/eigen_test.cpp holds them to generic_only<eigen_backend>).
+///
+/// The logsumexp pair (rlhf::causal_attention_forward_logsumexp / _backward_recompute) runs the same blocks:
+/// the forward writes each row's m + log(sum) from its softmax and saves nothing else; the backward computes a
+/// block's P as exp(Q_blk K_kc^T / sqrt(hd) - lse) (one more product per block) where the other copies it.
 #pragma once
 
 #include <Eigen/Core>
@@ -77,24 +81,29 @@ inline std::size_t attention_length(vector_view<const std::int32_t, host_space> 
 }
 
 /// Softmax of row `s` (scores in place -> probabilities) over its first `lim` entries; the entries from `lim`
-/// to `width` become 0. A row with no visible key is all 0.
+/// to `width` become 0. A row with no visible key is all 0. Returns the row's logsumexp (0 with no key).
 template <class T>
-void attention_softmax_row(T* s, std::size_t lim, std::size_t width) {
+T attention_softmax_row(T* s, std::size_t lim, std::size_t width) {
+  T lse = T(0);
   if (lim > 0) {
     Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> row(s, static_cast<Eigen::Index>(lim));
     const T m = row.maxCoeff();
     row = (row - m).exp();  // max subtracted: every term <= 1, no overflow
-    row *= T(1) / row.sum();
+    const T sum = row.sum();
+    row *= T(1) / sum;
+    lse = m + std::log(sum);
   }
   std::fill(s + lim, s + width, T(0));
+  return lse;
 }
 
 /// Forward of one (b, h): probabilities into `p` ([T, T] with row stride T: the saved probs, or a scratch of
-/// attention_block rows when nothing is saved, then indexed by the row within the block).
+/// attention_block rows when nothing is saved, then indexed by the row within the block); each query's row
+/// logsumexp into `lse` ([T]) unless it is null.
 template <class T>
 void attention_forward_head(matrix_view<const T, host_space> q, matrix_view<const T, host_space> k,
                             matrix_view<const T, host_space> v, matrix_view<T, host_space> out, T* p, bool p_is_block,
-                            std::size_t len, const attention_shape& s, std::size_t bb, std::size_t h) {
+                            T* lse, std::size_t len, const attention_shape& s, std::size_t bb, std::size_t h) {
   using Eigen::Index;
   const std::size_t seq = s.seq, kvh = h / s.group;
   const auto qh = attention_head(q, s, bb, h);
@@ -110,6 +119,7 @@ void attention_forward_head(matrix_view<const T, host_space> q, matrix_view<cons
                                                               Eigen::OuterStride<>(static_cast<Index>(seq)));
     if (kc == 0) {
       oh.middleRows(static_cast<Index>(r0), static_cast<Index>(rb)).setZero();
+      if (lse != nullptr) std::fill(lse + r0, lse + r0 + rb, T(0));
       if (!p_is_block) {
         for (std::size_t r = 0; r < rb; ++r) std::fill(pb + r * seq, pb + (r + 1) * seq, T(0));
       }
@@ -119,7 +129,8 @@ void attention_forward_head(matrix_view<const T, host_space> q, matrix_view<cons
                             kh.topRows(static_cast<Index>(kc)).transpose());
     for (std::size_t r = 0; r < rb; ++r) {
       const std::size_t i = r0 + r;
-      attention_softmax_row(pb + r * seq, std::min(i + 1, len), p_is_block ? kc : seq);
+      const T row_lse = attention_softmax_row(pb + r * seq, std::min(i + 1, len), p_is_block ? kc : seq);
+      if (lse != nullptr) lse[i] = row_lse;
     }
     oh.middleRows(static_cast<Index>(r0), static_cast<Index>(rb)).noalias() = pm * vh.topRows(static_cast<Index>(kc));
   }
@@ -149,50 +160,76 @@ void rlhf_specialized_causal_attention_forward(const eigen_backend& b, matrix_vi
     for (std::size_t item = first; item < last; ++item) {
       const std::size_t bb = item / n_heads, h = item % n_heads;
       T* p = save ? probs.data + item * s.seq * s.seq : scratch.data();
-      detail::attention_forward_head(q, k, v, out, p, !save, detail::attention_length(lengths, bb, s.seq), s, bb, h);
+      detail::attention_forward_head(q, k, v, out, p, !save, static_cast<T*>(nullptr),
+                                     detail::attention_length(lengths, bb, s.seq), s, bb, h);
     }
   });
 }
 
-/// rlhf::causal_attention_backward's specialization for rlhf::eigen_backend (see the file comment): one
-/// (b, kv head) per work item, its group's query heads in order; two scratch blocks per thread.
+/// rlhf::causal_attention_forward_logsumexp's specialization for rlhf::eigen_backend: the forward above with
+/// a per-thread block scratch (nothing saved), each row's logsumexp taken from its softmax's max and sum.
 template <class T>
-void rlhf_specialized_causal_attention_backward(const eigen_backend& b, matrix_view<const T, host_space> q,
-                                                matrix_view<const T, host_space> k, matrix_view<const T, host_space> v,
-                                                matrix_view<const T, host_space> probs,
-                                                matrix_view<const T, host_space> d_out, std::size_t batch,
-                                                std::size_t n_heads, std::size_t n_kv_heads,
-                                                matrix_view<T, host_space> d_q, matrix_view<T, host_space> d_k,
-                                                matrix_view<T, host_space> d_v,
-                                                vector_view<const std::int32_t, host_space> lengths) {
+void rlhf_specialized_causal_attention_forward_logsumexp(const eigen_backend& b, matrix_view<const T, host_space> q,
+                                                         matrix_view<const T, host_space> k,
+                                                         matrix_view<const T, host_space> v, std::size_t batch,
+                                                         std::size_t n_heads, std::size_t n_kv_heads,
+                                                         matrix_view<T, host_space> out,
+                                                         vector_view<T, host_space> logsumexp,
+                                                         vector_view<const std::int32_t, host_space> lengths) {
+  const detail::attention_shape s = detail::attention_shape_of(q.rows, q.cols, batch, n_heads, n_kv_heads);
+  const std::size_t items = batch * n_heads;
+#if defined(_OPENMP)
+  Eigen::setNbThreads(1);
+#endif
+  b.parallel_ranges(items, items * s.seq * s.seq * s.head_dim, [&](std::size_t first, std::size_t last) {
+    detail::attention_rows<T> scratch(static_cast<Eigen::Index>(detail::attention_block),
+                                      static_cast<Eigen::Index>(s.seq));
+    for (std::size_t item = first; item < last; ++item) {
+      const std::size_t bb = item / n_heads, h = item % n_heads;
+      detail::attention_forward_head(q, k, v, out, scratch.data(), true, logsumexp.data + item * s.seq,
+                                     detail::attention_length(lengths, bb, s.seq), s, bb, h);
+    }
+  });
+}
+
+namespace detail {
+
+/// The backward of the file comment, one (b, kv head) per work item, its group's query heads in order; two
+/// scratch blocks per thread. `fill_probs(bb, h, r0, rb, kc, len, pv)` writes rows r < rb of `pv` (row stride
+/// T) with P_(r0 + r, j) for j < kc: the saved softmax's visible part, or the recomputed one, 0 past the
+/// visible keys.
+template <class T, class FillProbs>
+void attention_backward_items(const eigen_backend& b, matrix_view<const T, host_space> q,
+                              matrix_view<const T, host_space> k, matrix_view<const T, host_space> v,
+                              matrix_view<const T, host_space> d_out, const attention_shape& s,
+                              matrix_view<T, host_space> d_q, matrix_view<T, host_space> d_k,
+                              matrix_view<T, host_space> d_v, vector_view<const std::int32_t, host_space> lengths,
+                              const FillProbs& fill_probs) {
   using Eigen::Index;
-  const detail::attention_shape s =
-      detail::attention_shape_of(q.rows, q.cols, batch, n_heads, n_kv_heads);
-  const std::size_t seq = s.seq, items = batch * n_kv_heads;
+  const std::size_t seq = s.seq, items = s.batch * s.n_kv_heads;
   const T scale = static_cast<T>(s.scale);
 #if defined(_OPENMP)
   Eigen::setNbThreads(1);
 #endif
   b.parallel_ranges(items, items * s.group * seq * seq * s.head_dim, [&](std::size_t first, std::size_t last) {
-    const auto block = static_cast<Index>(detail::attention_block);
-    detail::attention_rows<T> pv(block, static_cast<Index>(seq));  // the visible part of P's block
-    detail::attention_rows<T> ds(block, static_cast<Index>(seq));  // dP, then dS, in place
+    const auto block = static_cast<Index>(attention_block);
+    attention_rows<T> pv(block, static_cast<Index>(seq));  // the visible part of P's block
+    attention_rows<T> ds(block, static_cast<Index>(seq));  // dP, then dS, in place
     for (std::size_t item = first; item < last; ++item) {
-      const std::size_t bb = item / n_kv_heads, kvh = item % n_kv_heads;
-      const std::size_t len = detail::attention_length(lengths, bb, seq);
-      const auto kh = detail::attention_head(k, s, bb, kvh);
-      const auto vh = detail::attention_head(v, s, bb, kvh);
-      auto dk = detail::attention_head(d_k, s, bb, kvh);
-      auto dv = detail::attention_head(d_v, s, bb, kvh);
+      const std::size_t bb = item / s.n_kv_heads, kvh = item % s.n_kv_heads;
+      const std::size_t len = attention_length(lengths, bb, seq);
+      const auto kh = attention_head(k, s, bb, kvh);
+      const auto vh = attention_head(v, s, bb, kvh);
+      auto dk = attention_head(d_k, s, bb, kvh);
+      auto dv = attention_head(d_v, s, bb, kvh);
       dk.setZero();
       dv.setZero();
       for (std::size_t h = kvh * s.group; h < (kvh + 1) * s.group; ++h) {
-        const auto qh = detail::attention_head(q, s, bb, h);
-        const auto doh = detail::attention_head(d_out, s, bb, h);
-        auto dq = detail::attention_head(d_q, s, bb, h);
-        const T* ph = probs.data + (bb * n_heads + h) * seq * seq;
-        for (std::size_t r0 = 0; r0 < seq; r0 += detail::attention_block) {
-          const std::size_t rb = std::min(detail::attention_block, seq - r0);
+        const auto qh = attention_head(q, s, bb, h);
+        const auto doh = attention_head(d_out, s, bb, h);
+        auto dq = attention_head(d_q, s, bb, h);
+        for (std::size_t r0 = 0; r0 < seq; r0 += attention_block) {
+          const std::size_t rb = std::min(attention_block, seq - r0);
           const std::size_t kc = std::min(r0 + rb, len);
           const auto rows = static_cast<Index>(rb), keys = static_cast<Index>(kc), first_row = static_cast<Index>(r0);
           if (kc == 0) {
@@ -201,14 +238,12 @@ void rlhf_specialized_causal_attention_backward(const eigen_backend& b, matrix_v
           }
           auto pb = pv.topLeftCorner(rows, keys);
           auto db = ds.topLeftCorner(rows, keys);
+          fill_probs(bb, h, r0, rb, kc, len, pv);
           db.noalias() = doh.middleRows(first_row, rows) * vh.topRows(keys).transpose();
           for (std::size_t r = 0; r < rb; ++r) {
             const std::size_t lim = std::min(r0 + r + 1, len);
-            const T* src = ph + (r0 + r) * seq;
-            T* pr = pv.data() + r * seq;
+            const T* pr = pv.data() + r * seq;
             T* dr = ds.data() + r * seq;
-            std::copy(src, src + lim, pr);
-            std::fill(pr + lim, pr + kc, T(0));
             T rowsum = T(0);
             for (std::size_t j = 0; j < lim; ++j) rowsum += pr[j] * dr[j];
             for (std::size_t j = 0; j < lim; ++j) dr[j] = pr[j] * (dr[j] - rowsum);
@@ -221,6 +256,68 @@ void rlhf_specialized_causal_attention_backward(const eigen_backend& b, matrix_v
       }
     }
   });
+}
+
+}  // namespace detail
+
+/// rlhf::causal_attention_backward's specialization for rlhf::eigen_backend (see the file comment): the
+/// probabilities of each block copied from the saved softmax.
+template <class T>
+void rlhf_specialized_causal_attention_backward(const eigen_backend& b, matrix_view<const T, host_space> q,
+                                                matrix_view<const T, host_space> k, matrix_view<const T, host_space> v,
+                                                matrix_view<const T, host_space> probs,
+                                                matrix_view<const T, host_space> d_out, std::size_t batch,
+                                                std::size_t n_heads, std::size_t n_kv_heads,
+                                                matrix_view<T, host_space> d_q, matrix_view<T, host_space> d_k,
+                                                matrix_view<T, host_space> d_v,
+                                                vector_view<const std::int32_t, host_space> lengths) {
+  const detail::attention_shape s = detail::attention_shape_of(q.rows, q.cols, batch, n_heads, n_kv_heads);
+  const std::size_t seq = s.seq;
+  const auto copy_saved = [&](std::size_t bb, std::size_t h, std::size_t r0, std::size_t rb, std::size_t kc,
+                              std::size_t len, detail::attention_rows<T>& pv) {
+    const T* ph = probs.data + (bb * n_heads + h) * seq * seq;
+    for (std::size_t r = 0; r < rb; ++r) {
+      const std::size_t lim = std::min(r0 + r + 1, len);
+      const T* src = ph + (r0 + r) * seq;
+      T* pr = pv.data() + r * seq;
+      std::copy(src, src + lim, pr);
+      std::fill(pr + lim, pr + kc, T(0));
+    }
+  };
+  detail::attention_backward_items<T>(b, q, k, v, d_out, s, d_q, d_k, d_v, lengths, copy_saved);
+}
+
+/// rlhf::causal_attention_backward_recompute's specialization for rlhf::eigen_backend: each block's
+/// probabilities recomputed, S = Q_blk K_kc^T / sqrt(hd) (one more product per block) and P = exp(S - lse)
+/// with Eigen's packet exp, then the backward above.
+template <class T>
+void rlhf_specialized_causal_attention_backward_recompute(
+    const eigen_backend& b, matrix_view<const T, host_space> q, matrix_view<const T, host_space> k,
+    matrix_view<const T, host_space> v, vector_view<const T, host_space> logsumexp,
+    matrix_view<const T, host_space> d_out, std::size_t batch, std::size_t n_heads, std::size_t n_kv_heads,
+    matrix_view<T, host_space> d_q, matrix_view<T, host_space> d_k, matrix_view<T, host_space> d_v,
+    vector_view<const std::int32_t, host_space> lengths) {
+  using Eigen::Index;
+  const detail::attention_shape s = detail::attention_shape_of(q.rows, q.cols, batch, n_heads, n_kv_heads);
+  const std::size_t seq = s.seq;
+  const T scale = static_cast<T>(s.scale);
+  const auto recompute = [&](std::size_t bb, std::size_t h, std::size_t r0, std::size_t rb, std::size_t kc,
+                             std::size_t len, detail::attention_rows<T>& pv) {
+    const auto qh = detail::attention_head(q, s, bb, h);
+    const auto kh = detail::attention_head(k, s, bb, h / s.group);
+    pv.topLeftCorner(static_cast<Index>(rb), static_cast<Index>(kc)).noalias() =
+        scale * (qh.middleRows(static_cast<Index>(r0), static_cast<Index>(rb)) *
+                 kh.topRows(static_cast<Index>(kc)).transpose());
+    const T* lse = logsumexp.data + (bb * n_heads + h) * seq + r0;
+    for (std::size_t r = 0; r < rb; ++r) {
+      const std::size_t lim = std::min(r0 + r + 1, len);
+      T* pr = pv.data() + r * seq;
+      Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> row(pr, static_cast<Index>(lim));
+      row = (row - lse[r]).exp();
+      std::fill(pr + lim, pr + kc, T(0));
+    }
+  };
+  detail::attention_backward_items<T>(b, q, k, v, d_out, s, d_q, d_k, d_v, lengths, recompute);
 }
 
 }  // namespace rlhf::backends

@@ -26,6 +26,10 @@
 /// (b, h, i) (kept in the first element of d_q's head slot, which the last loop overwrites); dk, dv per
 /// (b, kv head, key j), summing over queries i >= j of every head of the group in a fixed order; dq per
 /// (b, h, i). Dot products and softmax sums are accumulated in double.
+///
+/// Training without the [B*Hq*T, T] softmax: causal_attention_forward_logsumexp keeps each row's
+/// lse_i = log sum_j exp(s_ij) instead (the online forward's m + log l), and causal_attention_backward_recompute
+/// runs the same three loops with p_ij = exp(s_ij - lse_i) recomputed from q and k (Dao 2023, FlashAttention-2).
 #pragma once
 
 #include <cmath>
@@ -62,6 +66,7 @@ struct attention_forward_query {
   matrix_view<T, S> probs;  // empty: online softmax, nothing saved
   vector_view<const std::int32_t, S> lengths;
   attention_shape dims;
+  vector_view<T, S> logsumexp = {};  // empty: not wanted; else lse of each row's scaled scores (0 with no key)
 
   RLHF_HOST_DEVICE void operator()(std::size_t idx) const {
     const std::size_t seq = dims.seq, hd = dims.head_dim;
@@ -94,6 +99,7 @@ struct attention_forward_query {
         for (std::size_t d = 0; d < hd; ++d) oi[d] += p * vj[d];
       }
       for (std::size_t j = lim; j < seq; ++j) pr[j] = T(0);
+      if (!logsumexp.empty()) logsumexp[idx] = lim > 0 ? static_cast<T>(m + log(sum)) : T(0);
     } else {
       // Online softmax: running max m and normalizer l; the output row accumulates e^(s - m) v_j and is
       // rescaled whenever the maximum grows.
@@ -116,14 +122,39 @@ struct attention_forward_query {
         const double inv = 1.0 / l;
         for (std::size_t d = 0; d < hd; ++d) oi[d] = static_cast<T>(static_cast<double>(oi[d]) * inv);
       }
+      if (!logsumexp.empty()) logsumexp[idx] = lim > 0 ? static_cast<T>(m + log(l)) : T(0);
     }
   }
 };
 
-/// Backward loop 1, per (b, h, i): D_i = sum_j p_ij (dO_i . v_j), kept in d_q(b*T + i, h*hd).
+/// Where the backward loops take p_ij from: the softmax the forward saved, row (b*Hq + h)*T + i.
 template <class T, class S>
+struct saved_attention_probs {
+  matrix_view<const T, S> probs;
+  RLHF_HOST_DEVICE double operator()(std::size_t row, std::size_t j, const T* /*q_i*/, const T* /*k_j*/) const {
+    return static_cast<double>(probs.data[row * probs.cols + j]);
+  }
+};
+
+/// ... or recomputed from the scores and the forward's row logsumexp, p_ij = exp(s_ij - lse_i) (Dao 2023,
+/// FlashAttention-2, backward): the [B*Hq*T, T] softmax is never stored, for one more dot product per
+/// visible (i, j) in each loop that reads p.
+template <class T, class S>
+struct recomputed_attention_probs {
+  vector_view<const T, S> logsumexp;
+  std::size_t head_dim;
+  double scale;
+  RLHF_HOST_DEVICE double operator()(std::size_t row, std::size_t /*j*/, const T* qi, const T* kj) const {
+    return exp(attention_dot(qi, kj, head_dim) * scale - static_cast<double>(logsumexp[row]));
+  }
+};
+
+/// Backward loop 1, per (b, h, i): D_i = sum_j p_ij (dO_i . v_j), kept in d_q(b*T + i, h*hd). `Probs` gives
+/// p_ij (saved_attention_probs or recomputed_attention_probs), as in the two loops below.
+template <class T, class S, class Probs>
 struct attention_backward_rowsum {
-  matrix_view<const T, S> v, probs, d_out;
+  matrix_view<const T, S> q, k, v, d_out;
+  Probs prob;
   matrix_view<T, S> d_q;
   vector_view<const std::int32_t, S> lengths;
   attention_shape dims;
@@ -135,11 +166,12 @@ struct attention_backward_rowsum {
     const std::size_t kvh = h / dims.group;
     const std::size_t lim = attention_visible_keys(lengths, bb, i, seq);
     const T* doi = d_out.data + (bb * seq + i) * d_out.cols + h * hd;
-    const T* pr = probs.data + idx * seq;
+    const T* qi = q.data + (bb * seq + i) * q.cols + h * hd;
     double acc = 0.0;
     for (std::size_t j = 0; j < lim; ++j) {
+      const T* kj = k.data + (bb * seq + j) * k.cols + kvh * hd;
       const T* vj = v.data + (bb * seq + j) * v.cols + kvh * hd;
-      acc += static_cast<double>(pr[j]) * attention_dot(doi, vj, hd);
+      acc += prob(idx, j, qi, kj) * attention_dot(doi, vj, hd);
     }
     d_q(bb * seq + i, h * hd) = static_cast<T>(acc);
   }
@@ -147,9 +179,10 @@ struct attention_backward_rowsum {
 
 /// Backward loop 2, per (b, kv head, key j), index ((b * Hkv + kvh) * T + j): dk_j and dv_j, summed over
 /// the group's query heads and the queries i >= j, in that fixed order.
-template <class T, class S>
+template <class T, class S, class Probs>
 struct attention_backward_key {
-  matrix_view<const T, S> q, v, probs, d_out;
+  matrix_view<const T, S> q, k, v, d_out;
+  Probs prob;
   matrix_view<const T, S> rowsum;  // d_q, holding D_i in each head slot's first element
   matrix_view<T, S> d_k, d_v;
   vector_view<const std::int32_t, S> lengths;
@@ -167,14 +200,15 @@ struct attention_backward_key {
     }
     const std::size_t len = lengths.empty() ? seq : static_cast<std::size_t>(lengths[bb]);
     if (j >= len) return;  // a masked key gets probability 0 from every query
+    const T* kj = k.data + (bb * seq + j) * k.cols + kvh * hd;
     const T* vj = v.data + (bb * seq + j) * v.cols + kvh * hd;
     for (std::size_t h = kvh * dims.group; h < (kvh + 1) * dims.group; ++h) {
-      const T* pcol = probs.data + ((bb * dims.n_heads + h) * seq) * seq + j;  // p_ij at pcol[i * seq]
+      const std::size_t first_row = (bb * dims.n_heads + h) * seq;  // query i's row: first_row + i
       for (std::size_t i = j; i < seq; ++i) {
-        const double p = static_cast<double>(pcol[i * seq]);
+        const T* qi = q.data + (bb * seq + i) * q.cols + h * hd;
+        const double p = prob(first_row + i, j, qi, kj);
         if (p == 0.0) continue;  // contributes nothing to dv, and dS_ij = 0
         const T* doi = d_out.data + (bb * seq + i) * d_out.cols + h * hd;
-        const T* qi = q.data + (bb * seq + i) * q.cols + h * hd;
         const double ds = p * (attention_dot(doi, vj, hd) - static_cast<double>(rowsum(bb * seq + i, h * hd)));
         const T wk = static_cast<T>(ds * dims.scale);
         const T wv = static_cast<T>(p);
@@ -188,9 +222,10 @@ struct attention_backward_key {
 };
 
 /// Backward loop 3, per (b, h, i): dq_i = sum_j dS_ij k_j / sqrt(hd) (reads D_i first, then overwrites it).
-template <class T, class S>
+template <class T, class S, class Probs>
 struct attention_backward_query {
-  matrix_view<const T, S> k, v, probs, d_out;
+  matrix_view<const T, S> q, k, v, d_out;
+  Probs prob;
   matrix_view<T, S> d_q;
   vector_view<const std::int32_t, S> lengths;
   attention_shape dims;
@@ -202,15 +237,15 @@ struct attention_backward_query {
     const std::size_t kvh = h / dims.group;
     const std::size_t lim = attention_visible_keys(lengths, bb, i, seq);
     const T* doi = d_out.data + (bb * seq + i) * d_out.cols + h * hd;
-    const T* pr = probs.data + idx * seq;
+    const T* qi = q.data + (bb * seq + i) * q.cols + h * hd;
     T* dqi = d_q.data + (bb * seq + i) * d_q.cols + h * hd;
     const double rowsum = static_cast<double>(dqi[0]);
     for (std::size_t d = 0; d < hd; ++d) dqi[d] = T(0);
     for (std::size_t j = 0; j < lim; ++j) {
-      const double p = static_cast<double>(pr[j]);
-      if (p == 0.0) continue;
       const T* vj = v.data + (bb * seq + j) * v.cols + kvh * hd;
       const T* kj = k.data + (bb * seq + j) * k.cols + kvh * hd;
+      const double p = prob(idx, j, qi, kj);
+      if (p == 0.0) continue;
       const T w = static_cast<T>(p * (attention_dot(doi, vj, hd) - rowsum) * dims.scale);
       for (std::size_t d = 0; d < hd; ++d) dqi[d] += w * kj[d];
     }
@@ -221,10 +256,32 @@ template <class B, class T>
 void causal_attention_forward_generic(const B& b, backend_matrix<B, const T> q, backend_matrix<B, const T> k,
                                       backend_matrix<B, const T> v, const attention_shape& dims,
                                       backend_matrix<B, T> out, backend_matrix<B, T> probs,
-                                      backend_vector<B, const std::int32_t> lengths) {
+                                      backend_vector<B, const std::int32_t> lengths,
+                                      backend_vector<B, T> logsumexp = {}) {
   // A query visits up to T keys, hd multiply-adds each, twice (scores, then the weighted values).
-  for_each_weighted_index(b, dims.batch * dims.n_heads * dims.seq, 2 * dims.seq * dims.head_dim,
-                          attention_forward_query<T, typename B::memory_space>{q, k, v, out, probs, lengths, dims});
+  for_each_weighted_index(
+      b, dims.batch * dims.n_heads * dims.seq, 2 * dims.seq * dims.head_dim,
+      attention_forward_query<T, typename B::memory_space>{q, k, v, out, probs, lengths, dims, logsumexp});
+}
+
+/// The three backward loops over a source of probabilities (saved_attention_probs or
+/// recomputed_attention_probs).
+template <class B, class T, class Probs>
+void causal_attention_backward_loops(const B& b, backend_matrix<B, const T> q, backend_matrix<B, const T> k,
+                                     backend_matrix<B, const T> v, const Probs& prob, std::size_t prob_cost,
+                                     backend_matrix<B, const T> d_out, const attention_shape& dims,
+                                     backend_matrix<B, T> d_q, backend_matrix<B, T> d_k, backend_matrix<B, T> d_v,
+                                     backend_vector<B, const std::int32_t> lengths) {
+  using S = typename B::memory_space;
+  const std::size_t queries = dims.batch * dims.n_heads * dims.seq;
+  // Up to T keys of hd multiply-adds, plus what a probability costs (0 saved, hd recomputed).
+  const std::size_t per_query = dims.seq * (dims.head_dim + prob_cost);
+  for_each_weighted_index(b, queries, per_query,
+                          attention_backward_rowsum<T, S, Probs>{q, k, v, d_out, prob, d_q, lengths, dims});
+  for_each_weighted_index(b, dims.batch * dims.n_kv_heads * dims.seq, 3 * dims.group * per_query,
+                          attention_backward_key<T, S, Probs>{q, k, v, d_out, prob, d_q, d_k, d_v, lengths, dims});
+  for_each_weighted_index(b, queries, 2 * per_query,
+                          attention_backward_query<T, S, Probs>{q, k, v, d_out, prob, d_q, lengths, dims});
 }
 
 template <class B, class T>
@@ -233,14 +290,20 @@ void causal_attention_backward_generic(const B& b, backend_matrix<B, const T> q,
                                        backend_matrix<B, const T> d_out, const attention_shape& dims,
                                        backend_matrix<B, T> d_q, backend_matrix<B, T> d_k, backend_matrix<B, T> d_v,
                                        backend_vector<B, const std::int32_t> lengths) {
-  using S = typename B::memory_space;
-  const std::size_t queries = dims.batch * dims.n_heads * dims.seq;
-  const std::size_t per_query = dims.seq * dims.head_dim;  // up to T keys of hd multiply-adds
-  for_each_weighted_index(b, queries, per_query, attention_backward_rowsum<T, S>{v, probs, d_out, d_q, lengths, dims});
-  for_each_weighted_index(b, dims.batch * dims.n_kv_heads * dims.seq, 3 * dims.group * per_query,
-                          attention_backward_key<T, S>{q, v, probs, d_out, d_q, d_k, d_v, lengths, dims});
-  for_each_weighted_index(b, queries, 2 * per_query,
-                          attention_backward_query<T, S>{k, v, probs, d_out, d_q, lengths, dims});
+  causal_attention_backward_loops<B, T>(b, q, k, v, saved_attention_probs<T, typename B::memory_space>{probs}, 0,
+                                        d_out, dims, d_q, d_k, d_v, lengths);
+}
+
+template <class B, class T>
+void causal_attention_backward_recompute_generic(const B& b, backend_matrix<B, const T> q,
+                                                 backend_matrix<B, const T> k, backend_matrix<B, const T> v,
+                                                 backend_vector<B, const T> logsumexp,
+                                                 backend_matrix<B, const T> d_out, const attention_shape& dims,
+                                                 backend_matrix<B, T> d_q, backend_matrix<B, T> d_k,
+                                                 backend_matrix<B, T> d_v,
+                                                 backend_vector<B, const std::int32_t> lengths) {
+  const recomputed_attention_probs<T, typename B::memory_space> prob{logsumexp, dims.head_dim, dims.scale};
+  causal_attention_backward_loops<B, T>(b, q, k, v, prob, dims.head_dim, d_out, dims, d_q, d_k, d_v, lengths);
 }
 
 /// Counts lengths outside [0, seq] (device-callable).
@@ -287,6 +350,26 @@ attention_shape attention_check(const B& b, std::string_view fn, matrix_view<con
     }
   }
   return dims;
+}
+
+/// The finite checks of the inputs every attention call reads (opt-in: rlhf::set_finite_checks).
+template <class B, class T, class S>
+void attention_check_finite_inputs(const B& b, std::string_view fn, matrix_view<const T, S> q,
+                                   matrix_view<const T, S> k, matrix_view<const T, S> v) {
+  check_finite(b, fn, "q", q);
+  check_finite(b, fn, "k", k);
+  check_finite(b, fn, "v", v);
+}
+
+/// The shapes of a backward's output gradient and gradients (those of q, k and v).
+template <class T, class S>
+void attention_check_gradient_shapes(std::string_view fn, matrix_view<const T, S> q, matrix_view<const T, S> k,
+                                     matrix_view<const T, S> v, matrix_view<const T, S> d_out,
+                                     matrix_view<T, S> d_q, matrix_view<T, S> d_k, matrix_view<T, S> d_v) {
+  check_same_shape(fn, "d_out", d_out, "q", q);
+  check_same_shape(fn, "d_q", d_q, "q", q);
+  check_same_shape(fn, "d_k", d_k, "k", k);
+  check_same_shape(fn, "d_v", d_v, "v", v);
 }
 
 /// The decode attention without argument checks (rlhf::causal_attention_decode checks them; a decode step
@@ -347,9 +430,7 @@ void causal_attention_forward(const B& b, std::type_identity_t<backend_matrix<B,
     detail::check_shape(fn, "probs", probs, batch * n_heads * dims.seq, dims.seq,
                         "([batch * n_heads * T, T], or empty for not wanted)");
   }
-  detail::check_finite(b, fn, "q", q);
-  detail::check_finite(b, fn, "k", k);
-  detail::check_finite(b, fn, "v", v);
+  detail::attention_check_finite_inputs(b, fn, q, k, v);
   if (q.rows == 0) return;
   if constexpr (requires {
                   rlhf_specialized_causal_attention_forward(b, q, k, v, batch, n_heads, n_kv_heads, out, probs,
@@ -393,13 +474,8 @@ void causal_attention_backward(const B& b, std::type_identity_t<backend_matrix<B
   const detail::attention_shape dims = detail::attention_check(b, fn, q, k, v, batch, n_heads, n_kv_heads, lengths);
   detail::check_shape(fn, "probs", probs, batch * n_heads * dims.seq, dims.seq,
                       "([batch * n_heads * T, T], saved by the forward)");
-  detail::check_same_shape(fn, "d_out", d_out, "q", q);
-  detail::check_same_shape(fn, "d_q", d_q, "q", q);
-  detail::check_same_shape(fn, "d_k", d_k, "k", k);
-  detail::check_same_shape(fn, "d_v", d_v, "v", v);
-  detail::check_finite(b, fn, "q", q);
-  detail::check_finite(b, fn, "k", k);
-  detail::check_finite(b, fn, "v", v);
+  detail::attention_check_gradient_shapes(fn, q, k, v, d_out, d_q, d_k, d_v);
+  detail::attention_check_finite_inputs(b, fn, q, k, v);
   detail::check_finite(b, fn, "probs", probs);
   detail::check_finite(b, fn, "d_out", d_out);
   if (q.rows == 0) return;
@@ -411,6 +487,91 @@ void causal_attention_backward(const B& b, std::type_identity_t<backend_matrix<B
                                                lengths);
   else
     detail::causal_attention_backward_generic<B, T>(b, q, k, v, probs, d_out, dims, d_q, d_k, d_v, lengths);
+}
+
+/// Causal grouped-query attention, forward, for training without the softmax in memory: `out` as
+/// rlhf::causal_attention_forward computes it, and instead of the [B*Hq*T, T] probabilities the logsumexp
+/// of each row's scaled scores, `lse_i = log sum_j exp(q_i . k_j / sqrt(hd))` over its visible keys, from
+/// which rlhf::causal_attention_backward_recompute recomputes them (p_ij = exp(s_ij - lse_i); Dao 2023,
+/// FlashAttention-2). T times less memory per layer than the saved softmax, for the backward's
+/// recomputation of the scores (about a third more attention work per training step).
+///
+/// @tparam B a reduce_backend.
+/// @tparam T float or double, deduced from `out`.
+/// @param q, k, v, batch, n_heads, n_kv_heads, lengths as in rlhf::causal_attention_forward.
+/// @param out out [B*T, Hq*hd]; must not overlap the inputs.
+/// @param logsumexp out [B*Hq*T]: element (b*Hq + h)*T + i for query i of head h in sequence b (0 for a
+///   query with no visible key: a sequence of length 0).
+/// @note Throws rlhf::invalid_argument on a shape mismatch (an empty `logsumexp` included), n_kv_heads not
+///   dividing n_heads, or a length outside [0, T].
+template <class B, class T>
+void causal_attention_forward_logsumexp(const B& b, std::type_identity_t<backend_matrix<B, const T>> q,
+                                        std::type_identity_t<backend_matrix<B, const T>> k,
+                                        std::type_identity_t<backend_matrix<B, const T>> v, std::size_t batch,
+                                        std::size_t n_heads, std::size_t n_kv_heads, backend_matrix<B, T> out,
+                                        std::type_identity_t<backend_vector<B, T>> logsumexp,
+                                        backend_vector<B, const std::int32_t> lengths = {}) {
+  detail::check_reduce_backend<B>();
+  constexpr std::string_view fn = "rlhf::causal_attention_forward_logsumexp";
+  static_assert(std::is_floating_point_v<T>, "rlhf::causal_attention_forward_logsumexp: T must be float or double");
+  const detail::attention_shape dims = detail::attention_check(b, fn, q, k, v, batch, n_heads, n_kv_heads, lengths);
+  detail::check_same_shape(fn, "out", out, "q", q);
+  detail::check_size(fn, "logsumexp", logsumexp, batch * n_heads * dims.seq,
+                     "(batch * n_heads * T, one per query row)");
+  detail::attention_check_finite_inputs(b, fn, q, k, v);
+  if (q.rows == 0) return;
+  if constexpr (requires {
+                  rlhf_specialized_causal_attention_forward_logsumexp(b, q, k, v, batch, n_heads, n_kv_heads, out,
+                                                                      logsumexp, lengths);
+                })
+    rlhf_specialized_causal_attention_forward_logsumexp(b, q, k, v, batch, n_heads, n_kv_heads, out, logsumexp,
+                                                        lengths);
+  else
+    detail::causal_attention_forward_generic<B, T>(b, q, k, v, dims, out, {}, lengths, logsumexp);
+}
+
+/// Backward of rlhf::causal_attention_forward_logsumexp: the gradients of rlhf::causal_attention_backward,
+/// with each probability recomputed from the scores and the saved row logsumexp instead of read from a
+/// saved softmax (the same formulas otherwise; results agree with the saved-softmax backward to rounding).
+///
+/// @tparam B a reduce_backend.
+/// @tparam T float or double, deduced from `d_q`.
+/// @param q, k, v the forward's inputs.
+/// @param logsumexp [B*Hq*T] the forward's row logsumexps.
+/// @param d_out, batch, n_heads, n_kv_heads, d_q, d_k, d_v, lengths as in rlhf::causal_attention_backward
+///   (d_q is also scratch during the call).
+/// @note The outputs must not overlap each other or the inputs. Throws rlhf::invalid_argument on a shape
+///   mismatch, a non-finite input, n_kv_heads not dividing n_heads, or a length outside [0, T].
+template <class B, class T>
+void causal_attention_backward_recompute(const B& b, std::type_identity_t<backend_matrix<B, const T>> q,
+                                         std::type_identity_t<backend_matrix<B, const T>> k,
+                                         std::type_identity_t<backend_matrix<B, const T>> v,
+                                         std::type_identity_t<backend_vector<B, const T>> logsumexp,
+                                         std::type_identity_t<backend_matrix<B, const T>> d_out, std::size_t batch,
+                                         std::size_t n_heads, std::size_t n_kv_heads, backend_matrix<B, T> d_q,
+                                         std::type_identity_t<backend_matrix<B, T>> d_k,
+                                         std::type_identity_t<backend_matrix<B, T>> d_v,
+                                         backend_vector<B, const std::int32_t> lengths = {}) {
+  detail::check_reduce_backend<B>();
+  constexpr std::string_view fn = "rlhf::causal_attention_backward_recompute";
+  static_assert(std::is_floating_point_v<T>, "rlhf::causal_attention_backward_recompute: T must be float or double");
+  const detail::attention_shape dims = detail::attention_check(b, fn, q, k, v, batch, n_heads, n_kv_heads, lengths);
+  detail::check_size(fn, "logsumexp", logsumexp, batch * n_heads * dims.seq,
+                     "(batch * n_heads * T, saved by the forward)");
+  detail::attention_check_gradient_shapes(fn, q, k, v, d_out, d_q, d_k, d_v);
+  detail::attention_check_finite_inputs(b, fn, q, k, v);
+  detail::check_finite(b, fn, "logsumexp", logsumexp);
+  detail::check_finite(b, fn, "d_out", d_out);
+  if (q.rows == 0) return;
+  if constexpr (requires {
+                  rlhf_specialized_causal_attention_backward_recompute(b, q, k, v, logsumexp, d_out, batch, n_heads,
+                                                                       n_kv_heads, d_q, d_k, d_v, lengths);
+                })
+    rlhf_specialized_causal_attention_backward_recompute(b, q, k, v, logsumexp, d_out, batch, n_heads, n_kv_heads,
+                                                         d_q, d_k, d_v, lengths);
+  else
+    detail::causal_attention_backward_recompute_generic<B, T>(b, q, k, v, logsumexp, d_out, dims, d_q, d_k, d_v,
+                                                              lengths);
 }
 
 /// Attention of one new query per sequence over its key/value cache (incremental decoding): for row r at
