@@ -1,7 +1,8 @@
 // The hot-path benchmark bodies, generic over the backend (Google Benchmark functions templated on it):
 // GAE, token log-probs (forward, forward + backward, with entropy; float and bfloat16 logits), KL-penalized
 // rewards, the one-call KL-penalized advantages, whitening, the PPO-clip and clipped value losses forward +
-// backward, the ranking loss, and the model's RMSNorm forward and backward and KV-cache decode attention.
+// backward, the ranking loss, and the model's RMSNorm forward and backward, KV-cache decode attention and
+// training attention (saved softmax or row log-sum-exps).
 // Registered for the CPU backends
 // by hot_paths_bench.cpp and for the CUDA backend by hot_paths_cuda_bench.cu. Each iteration ends with
 // b.synchronize() (a no-op on the CPU backends; the CUDA backend's stream), so the time is the work's.
@@ -322,6 +323,43 @@ void decode_attention(benchmark::State& state) {
                                   rlhf::as_const(positions.view().flat()), cache, hq, hkv, scores.view(), out.view());
     return out.view().data;
   });
+}
+
+// One training attention step, forward and backward, of one sequence of `cols` tokens: 16 query heads over 4
+// kv heads of 64. The third argument picks what the forward keeps for the backward: 0 the softmax
+// (causal_attention_forward / _backward, Hq * T * T values), 1 the row log-sum-exps
+// (causal_attention_forward_logsumexp / _backward_recompute, Hq * T values; the backward recomputes the
+// scores). "items" = visible (query, key) pairs per head summed over heads; the counter `kept_MiB` is what
+// the forward keeps.
+template <class Backend>
+void training_attention(benchmark::State& state) {
+  const Backend b = make_backend<Backend>(state, 2);
+  const auto seq = static_cast<std::size_t>(state.range(0));
+  const bool logsumexp = state.range(1) != 0;
+  constexpr std::size_t hq = 16, hkv = 4, hd = 64;
+  auto q = random_matrix(b, seq, hq * hd, -1, 1, 34);
+  auto k = random_matrix(b, seq, hkv * hd, -1, 1, 35), v = random_matrix(b, seq, hkv * hd, -1, 1, 36);
+  auto d_out = random_matrix(b, seq, hq * hd, -1, 1, 37);
+  auto out = rlhf::allocate<float>(b, seq, hq * hd), d_q = rlhf::allocate<float>(b, seq, hq * hd);
+  auto d_k = rlhf::allocate<float>(b, seq, hkv * hd), d_v = rlhf::allocate<float>(b, seq, hkv * hd);
+  auto probs = rlhf::allocate<float>(b, logsumexp ? 0 : hq * seq, seq);
+  auto lse = rlhf::allocate<float>(b, logsumexp ? hq * seq : 0, 1);
+  const auto cq = rlhf::as_const(q.view()), ck = rlhf::as_const(k.view()), cv = rlhf::as_const(v.view());
+  time_steps(state, b, hq * seq * (seq + 1) / 2, 0, [&] {
+    if (logsumexp) {
+      rlhf::causal_attention_forward_logsumexp(b, cq, ck, cv, 1, hq, hkv, out.view(), lse.view().flat());
+      rlhf::causal_attention_backward_recompute(b, cq, ck, cv, rlhf::as_const(lse.view().flat()),
+                                                rlhf::as_const(d_out.view()), 1, hq, hkv, d_q.view(), d_k.view(),
+                                                d_v.view());
+    } else {
+      rlhf::causal_attention_forward(b, cq, ck, cv, 1, hq, hkv, out.view(), probs.view());
+      rlhf::causal_attention_backward(b, cq, ck, cv, rlhf::as_const(probs.view()), rlhf::as_const(d_out.view()), 1,
+                                      hq, hkv, d_q.view(), d_k.view(), d_v.view());
+    }
+    return d_q.view().data;
+  });
+  state.counters["kept_MiB"] =
+      static_cast<double>((logsumexp ? hq * seq : hq * seq * seq) * sizeof(float)) / (1024.0 * 1024.0);
 }
 
 }  // namespace rlhf::bench

@@ -132,6 +132,10 @@ BENCHMARK(rms_norm_forward<rlhf::eigen_backend>) RLHF_ACTIVATIONS_12T->UseRealTi
 BENCHMARK(rms_norm_backward<rlhf::eigen_backend>) RLHF_ACTIVATIONS_12T->UseRealTime();
 // [sequences, cached positions] (the generic path: one loop index per (sequence, head)).
 BENCHMARK(decode_attention<rlhf::eigen_backend>)->Args({8, 1024, 1})->Args({8, 1024, 2})->UseRealTime();
+// [T, logsumexp, threads]: the training attention keeping its softmax (0) or row log-sum-exps (1).
+BENCHMARK(training_attention<rlhf::eigen_backend>)
+    ->Args({512, 0, 1})->Args({512, 1, 1})->Args({2048, 0, 2})->Args({2048, 1, 2})
+    ->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // The other CPU backends (no specializations: every hot path runs its generic form over the backend's
 // primitives). xtensor: one thread; Thrust's serial (cpp) system: one thread; Thrust's OpenMP system: 1 and 2.

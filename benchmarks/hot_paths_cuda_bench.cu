@@ -1,7 +1,7 @@
 // The hot paths on the CUDA backend (its kernels: token log-probs and their backward, GAE, the one-pass
-// advantages, PPO-clip, value and ranking losses, RMSNorm, the decode attention; the other hot paths through
-// Thrust on the device), the bodies of benchmarks/hot_paths.hpp at the CPU
-// benchmark's shapes and larger ones, plus a device triad that measures the GPU's memory bandwidth in the
+// advantages, PPO-clip, value and ranking losses, RMSNorm, the decode and training attention; the other hot
+// paths through Thrust on the device), the bodies of benchmarks/hot_paths.hpp at the CPU benchmark's shapes
+// and larger ones, plus a device triad that measures the GPU's memory bandwidth in the
 // same run. Every iteration synchronizes the backend's stream, so the times are the device work's (plus a
 // launch latency per kernel, which dominates the small shapes).
 //
@@ -64,6 +64,9 @@ BENCHMARK(rms_norm_forward<cuda_backend>) RLHF_CUDA_ACTIVATIONS;
 BENCHMARK(rms_norm_backward<cuda_backend>) RLHF_CUDA_ACTIVATIONS;
 // [sequences, cached positions]: a rollout batch of 64 at 1024 and 4096 positions (a warp, then a block per pair).
 BENCHMARK(decode_attention<cuda_backend>)->Args({64, 1024, 1})->Args({64, 4096, 1})->UseRealTime();
+BENCHMARK(training_attention<cuda_backend>)
+    ->Args({2048, 0, 1})->Args({2048, 1, 1})->Args({8192, 0, 1})->Args({8192, 1, 1})
+    ->Unit(benchmark::kMillisecond)->UseRealTime();
 
 int main(int argc, char** argv) {
   if (rlhf::cuda_device_count() == 0) {
