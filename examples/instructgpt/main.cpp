@@ -24,6 +24,10 @@
 //
 //   instructgpt [--quick] [--resume] [--data DIR] [--out DIR] [--seed N] [--threads N] [--beta B]
 //               [--ppo-iterations N] [--round2-iterations N] [--eval-samples N]
+//               [--attention-memory per-layer|shared|logsumexp]
+//
+// --attention-memory sets what the trained models' training passes keep of the attention
+// (rlhf::attention_memory; default per-layer): the results agree to rounding in every mode.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -66,7 +70,15 @@ struct settings {
   std::size_t sft_epochs = 3, rm_epochs = 2, ppo_iterations = 60, round2_iterations = 30, ppo_batch = 32;
   std::size_t eval_samples = 8;  // per test prompt: with 4, the per-prompt win rate is visibly noisy
   double policy_lr = 2e-4, value_lr = 5e-4, rm_lr = 3e-4, sft_lr = 5e-4, beta = 0.2, kl_target = 6.0;
+  rlhf::attention_memory attention = rlhf::attention_memory::per_layer_softmax;
 };
+
+rlhf::attention_memory parse_attention_memory(const std::string& v) {
+  if (v == "per-layer") return rlhf::attention_memory::per_layer_softmax;
+  if (v == "shared") return rlhf::attention_memory::shared_softmax;
+  if (v == "logsumexp") return rlhf::attention_memory::logsumexp;
+  throw std::runtime_error("--attention-memory: expected per-layer, shared or logsumexp, received '" + v + "'");
+}
 
 const rlhf::tokenizer* g_tok = nullptr;
 
@@ -189,9 +201,11 @@ int main(int argc, char** argv) {
       else if (flag == "--ppo-iterations") s.ppo_iterations = std::stoull(value());
       else if (flag == "--round2-iterations") s.round2_iterations = std::stoull(value());
       else if (flag == "--eval-samples") s.eval_samples = std::stoull(value());
+      else if (flag == "--attention-memory") s.attention = parse_attention_memory(value());
       else {
         std::fprintf(stderr, "usage: instructgpt [--quick] [--resume] [--data DIR] [--out DIR] [--seed N] [--threads N] [--beta B]\n"
-                             "                   [--ppo-iterations N] [--round2-iterations N] [--eval-samples N]\n");
+                             "                   [--ppo-iterations N] [--round2-iterations N] [--eval-samples N]\n"
+                             "                   [--attention-memory per-layer|shared|logsumexp]\n");
         return 2;
       }
     }
@@ -227,6 +241,7 @@ int main(int argc, char** argv) {
 
     policy_t pretrained = rlhf::load_llama2c(b, s.data + "/stories260K.bin");
     policy_t policy = rlhf::load_llama2c(b, s.data + "/stories260K.bin");
+    policy.set_attention_memory(s.attention);  // the models that train: the policy, the RM and the critic
 
     // 1. Demonstrations: the labeler's favourite of N samples of the pretrained model, written to a file.
     {
@@ -284,6 +299,7 @@ int main(int argc, char** argv) {
     auto rankings = collect_rankings(sft_policy, sets.train, s.out + "/rankings_round1.jsonl", s.seed + 21);
     const auto valid_rankings = collect_rankings(sft_policy, sets.validation, s.out + "/rankings_validation.jsonl", s.seed + 22);
     auto rm = rm_t::from_language_model(b, sft_policy, s.seed);
+    rm.trunk().set_attention_memory(s.attention);
     opt_t rm_opt(rlhf::adamw_options{s.rm_lr, 0.9, 0.95, 1e-8, 0.0});
     rlhf::reward_trainer rt(rm, rm_opt);
     const auto train_rm = [&](const std::vector<rlhf::ranked_responses>& data, std::size_t epochs, const std::string& name,
@@ -303,6 +319,7 @@ int main(int argc, char** argv) {
 
     // 3. PPO against the RM with the KL penalty to the SFT policy; the value model starts from the RM.
     auto critic = rlhf::value_model_from(b, rm);
+    critic.trunk().set_attention_memory(s.attention);
     opt_t policy_opt(rlhf::adamw_options{s.policy_lr, 0.9, 0.95, 1e-8, 0.0});
     opt_t value_opt(rlhf::adamw_options{s.value_lr, 0.9, 0.95, 1e-8, 0.0});
     rlhf::ppo_options po;
