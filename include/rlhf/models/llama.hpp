@@ -187,7 +187,7 @@ class llama_model;
 /// What a training pass keeps of each layer's attention for the backward (llama_model::set_attention_memory);
 /// the gradients agree to rounding in every mode.
 enum class attention_memory {
-  /// Each layer's softmax, [B*Hq*T, T] (the fastest backward; T times a layer's q in memory, per layer).
+  /// Each layer's softmax, [B*Hq*T, T], which the backward reads (T times a layer's q in memory, per layer).
   per_layer_softmax,
   /// One softmax for all layers; the backward recomputes each layer's with one more attention forward: the
   /// same gradients bit for bit as per_layer_softmax.
