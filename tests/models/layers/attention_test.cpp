@@ -86,6 +86,24 @@ reference_backend serial_twin(const B&) {
 inline eigen_backend serial_twin(const eigen_backend&) { return eigen_backend(1); }
 #endif
 
+// The hand-computed two-token case (see its test case for the arithmetic): q, k, v and d_out on the backend.
+template <class T, class B>
+auto two_token_inputs(const B& b) {
+  return std::tuple{to_backend(b, std::vector<T>{1, 0, 1, 0}, 2, 2),
+                    to_backend(b, std::vector<T>{0, static_cast<T>(std::log(2.0))}, 2, 1),
+                    to_backend(b, std::vector<T>{3, 6}, 2, 1), to_backend(b, std::vector<T>{1, 0, 1, 0}, 2, 2)};
+}
+
+// Its hand-computed output and gradients, whichever backward produced them.
+template <class T, class B, class M>
+void check_two_token_results(const B& b, const M& out, const M& dq, const M& dk, const M& dv) {
+  CHECK_THAT(to_host(b, out.view()), close_to<T>(std::vector<double>{3, 3, 5, 4.5}, att_rtol<T>, att_atol<T>));
+  CHECK_THAT(to_host(b, dv.view()), close_to<T>(std::vector<double>{4.0 / 3, 2.0 / 3}, att_rtol<T>, att_atol<T>));
+  CHECK_THAT(to_host(b, dk.view()), close_to<T>(std::vector<double>{-2.0 / 3, 2.0 / 3}, att_rtol<T>, att_atol<T>));
+  CHECK_THAT(to_host(b, dq.view()),
+             close_to<T>(std::vector<double>{0, 0, 2.0 / 3 * std::log(2.0), 0}, att_rtol<T>, att_atol<T>));
+}
+
 }  // namespace
 
 TEMPLATE_LIST_TEST_CASE("attention: hand-computed two-token case, grouped-query heads",
@@ -97,29 +115,21 @@ TEMPLATE_LIST_TEST_CASE("attention: hand-computed two-token case, grouped-query 
   // Head 0, q = [1, 1]: query 0 sees key 0 only -> out 3; query 1 scores [0, ln 2] -> p = [1/3, 2/3],
   //   out = 3/3 + 2 * 6/3 = 5.
   // Head 1, q = [0, 0]: query 1 scores [0, 0] -> p = [1/2, 1/2], out = 4.5.
-  auto q = to_backend(b, std::vector<T>{1, 0, 1, 0}, 2, 2);
-  auto k = to_backend(b, std::vector<T>{0, static_cast<T>(std::log(2.0))}, 2, 1);
-  auto v = to_backend(b, std::vector<T>{3, 6}, 2, 1);
-  auto out = allocate<T>(b, 2, 2);
-  auto probs = allocate<T>(b, 4, 2);
-  causal_attention_forward(b, q.view(), k.view(), v.view(), 1, 2, 1, out.view(), probs.view());
-  CHECK_THAT(to_host(b, out.view()), close_to<T>(std::vector<double>{3, 3, 5, 4.5}, att_rtol<T>, att_atol<T>));
-  // probs rows: (h0, i0), (h0, i1), (h1, i0), (h1, i1).
-  CHECK_THAT(to_host(b, probs.view()),
-             close_to<T>(std::vector<double>{1, 0, 1.0 / 3, 2.0 / 3, 1, 0, 0.5, 0.5}, att_rtol<T>, att_atol<T>));
-
   // d_out = 1 at head 0 only: dv_0 = p(h0: 0,0) + p(h0: 1,0) = 1 + 1/3, dv_1 = 2/3.
   // dq (head 0, query 1) = sum_j p_j (v_j - out) k_j = 1/3 (3 - 5) 0 + 2/3 (6 - 5) ln 2 = (2/3) ln 2.
   // dk = sum_i dS_ij q_i: dS_10 = 1/3 (3 - 5) = -2/3, dS_11 = 2/3 (6 - 5) = 2/3 (query 0: dS_00 = 1 (3 - 3) = 0);
   //   dk_0 = -2/3 * 1 = -2/3, dk_1 = 2/3 * 1 = 2/3 (head 1 has no output gradient).
-  auto d_out = to_backend(b, std::vector<T>{1, 0, 1, 0}, 2, 2);
+  auto [q, k, v, d_out] = two_token_inputs<T>(b);
+  auto out = allocate<T>(b, 2, 2);
+  auto probs = allocate<T>(b, 4, 2);
+  causal_attention_forward(b, q.view(), k.view(), v.view(), 1, 2, 1, out.view(), probs.view());
+  // probs rows: (h0, i0), (h0, i1), (h1, i0), (h1, i1).
+  CHECK_THAT(to_host(b, probs.view()),
+             close_to<T>(std::vector<double>{1, 0, 1.0 / 3, 2.0 / 3, 1, 0, 0.5, 0.5}, att_rtol<T>, att_atol<T>));
   auto dq = allocate<T>(b, 2, 2), dk = allocate<T>(b, 2, 1), dv = allocate<T>(b, 2, 1);
   causal_attention_backward(b, q.view(), k.view(), v.view(), probs.view(), d_out.view(), 1, 2, 1, dq.view(), dk.view(),
                             dv.view());
-  CHECK_THAT(to_host(b, dv.view()), close_to<T>(std::vector<double>{4.0 / 3, 2.0 / 3}, att_rtol<T>, att_atol<T>));
-  CHECK_THAT(to_host(b, dk.view()), close_to<T>(std::vector<double>{-2.0 / 3, 2.0 / 3}, att_rtol<T>, att_atol<T>));
-  CHECK_THAT(to_host(b, dq.view()),
-             close_to<T>(std::vector<double>{0, 0, 2.0 / 3 * std::log(2.0), 0}, att_rtol<T>, att_atol<T>));
+  check_two_token_results<T>(b, out, dq, dk, dv);
 }
 
 TEMPLATE_LIST_TEST_CASE("attention: random ragged batches match the naive oracle, with and without probs",
@@ -244,23 +254,16 @@ TEMPLATE_LIST_TEST_CASE("attention: logsumexp forward and recomputing backward (
   {
     // The hand-computed case above: head 0 scores [0] then [0, ln 2], head 1 [0] then [0, 0], so the row
     // logsumexps are 0, ln 3, 0, ln 2; the recomputed backward gives the same hand values.
-    auto q = to_backend(b, std::vector<T>{1, 0, 1, 0}, 2, 2);
-    auto k = to_backend(b, std::vector<T>{0, static_cast<T>(std::log(2.0))}, 2, 1);
-    auto v = to_backend(b, std::vector<T>{3, 6}, 2, 1);
+    auto [q, k, v, d_out] = two_token_inputs<T>(b);
     auto out = allocate<T>(b, 2, 2);
     auto lse = allocate_filled<T>(b, 4, 1, T(99));
     causal_attention_forward_logsumexp(b, q.view(), k.view(), v.view(), 1, 2, 1, out.view(), lse.view().flat());
-    CHECK_THAT(to_host(b, out.view()), close_to<T>(std::vector<double>{3, 3, 5, 4.5}, att_rtol<T>, att_atol<T>));
     CHECK_THAT(to_host(b, lse.view()),
                close_to<T>(std::vector<double>{0, std::log(3.0), 0, std::log(2.0)}, att_rtol<T>, att_atol<T>));
-    auto d_out = to_backend(b, std::vector<T>{1, 0, 1, 0}, 2, 2);
     auto dq = allocate<T>(b, 2, 2), dk = allocate<T>(b, 2, 1), dv = allocate<T>(b, 2, 1);
     causal_attention_backward_recompute(b, q.view(), k.view(), v.view(), lse.view().flat(), d_out.view(), 1, 2, 1,
                                         dq.view(), dk.view(), dv.view());
-    CHECK_THAT(to_host(b, dv.view()), close_to<T>(std::vector<double>{4.0 / 3, 2.0 / 3}, att_rtol<T>, att_atol<T>));
-    CHECK_THAT(to_host(b, dk.view()), close_to<T>(std::vector<double>{-2.0 / 3, 2.0 / 3}, att_rtol<T>, att_atol<T>));
-    CHECK_THAT(to_host(b, dq.view()),
-               close_to<T>(std::vector<double>{0, 0, 2.0 / 3 * std::log(2.0), 0}, att_rtol<T>, att_atol<T>));
+    check_two_token_results<T>(b, out, dq, dk, dv);
   }
   // Random ragged batches (a sequence of length 0 included; T = 70 and 130 span several query blocks of the
   // kernels that work in blocks): the oracle's output and logsumexp, and the saved-softmax backward's gradients.
