@@ -136,6 +136,31 @@ void attention_forward_head(matrix_view<const T, host_space> q, matrix_view<cons
   }
 }
 
+/// The forward over every (b, h), the heads in parallel: probabilities into `probs` when it is given (the
+/// saved softmax), else into a per-thread scratch of attention_block x T elements; each row's logsumexp into
+/// `lse` ([B * Hq * T]) unless it is null.
+template <class T>
+void attention_forward_items(const eigen_backend& b, matrix_view<const T, host_space> q,
+                             matrix_view<const T, host_space> k, matrix_view<const T, host_space> v,
+                             const attention_shape& s, matrix_view<T, host_space> out, T* probs, T* lse,
+                             vector_view<const std::int32_t, host_space> lengths) {
+  const std::size_t items = s.batch * s.n_heads;
+  const bool save = probs != nullptr;
+#if defined(_OPENMP)
+  Eigen::setNbThreads(1);  // the products below are per head and small; the heads are what run in parallel
+#endif
+  b.parallel_ranges(items, items * s.seq * s.seq * s.head_dim, [&](std::size_t first, std::size_t last) {
+    attention_rows<T> scratch;
+    if (!save) scratch.resize(static_cast<Eigen::Index>(attention_block), static_cast<Eigen::Index>(s.seq));
+    for (std::size_t item = first; item < last; ++item) {
+      const std::size_t bb = item / s.n_heads, h = item % s.n_heads;
+      T* p = save ? probs + item * s.seq * s.seq : scratch.data();
+      attention_forward_head(q, k, v, out, p, !save, lse == nullptr ? nullptr : lse + item * s.seq,
+                             attention_length(lengths, bb, s.seq), s, bb, h);
+    }
+  });
+}
+
 }  // namespace detail
 
 /// rlhf::causal_attention_forward's specialization for rlhf::eigen_backend (see the file comment). With an
@@ -147,23 +172,8 @@ void rlhf_specialized_causal_attention_forward(const eigen_backend& b, matrix_vi
                                                std::size_t batch, std::size_t n_heads, std::size_t n_kv_heads,
                                                matrix_view<T, host_space> out, matrix_view<T, host_space> probs,
                                                vector_view<const std::int32_t, host_space> lengths) {
-  const detail::attention_shape s =
-      detail::attention_shape_of(q.rows, q.cols, batch, n_heads, n_kv_heads);
-  const std::size_t items = batch * n_heads;
-  const bool save = probs.data != nullptr;
-#if defined(_OPENMP)
-  Eigen::setNbThreads(1);  // the products below are per head and small; the heads are what run in parallel
-#endif
-  b.parallel_ranges(items, items * s.seq * s.seq * s.head_dim, [&](std::size_t first, std::size_t last) {
-    detail::attention_rows<T> scratch;
-    if (!save) scratch.resize(static_cast<Eigen::Index>(detail::attention_block), static_cast<Eigen::Index>(s.seq));
-    for (std::size_t item = first; item < last; ++item) {
-      const std::size_t bb = item / n_heads, h = item % n_heads;
-      T* p = save ? probs.data + item * s.seq * s.seq : scratch.data();
-      detail::attention_forward_head(q, k, v, out, p, !save, static_cast<T*>(nullptr),
-                                     detail::attention_length(lengths, bb, s.seq), s, bb, h);
-    }
-  });
+  detail::attention_forward_items(b, q, k, v, detail::attention_shape_of(q.rows, q.cols, batch, n_heads, n_kv_heads),
+                                  out, probs.data, static_cast<T*>(nullptr), lengths);
 }
 
 /// rlhf::causal_attention_forward_logsumexp's specialization for rlhf::eigen_backend: the forward above with
@@ -176,20 +186,8 @@ void rlhf_specialized_causal_attention_forward_logsumexp(const eigen_backend& b,
                                                          matrix_view<T, host_space> out,
                                                          vector_view<T, host_space> logsumexp,
                                                          vector_view<const std::int32_t, host_space> lengths) {
-  const detail::attention_shape s = detail::attention_shape_of(q.rows, q.cols, batch, n_heads, n_kv_heads);
-  const std::size_t items = batch * n_heads;
-#if defined(_OPENMP)
-  Eigen::setNbThreads(1);
-#endif
-  b.parallel_ranges(items, items * s.seq * s.seq * s.head_dim, [&](std::size_t first, std::size_t last) {
-    detail::attention_rows<T> scratch(static_cast<Eigen::Index>(detail::attention_block),
-                                      static_cast<Eigen::Index>(s.seq));
-    for (std::size_t item = first; item < last; ++item) {
-      const std::size_t bb = item / n_heads, h = item % n_heads;
-      detail::attention_forward_head(q, k, v, out, scratch.data(), true, logsumexp.data + item * s.seq,
-                                     detail::attention_length(lengths, bb, s.seq), s, bb, h);
-    }
-  });
+  detail::attention_forward_items(b, q, k, v, detail::attention_shape_of(q.rows, q.cols, batch, n_heads, n_kv_heads),
+                                  out, static_cast<T*>(nullptr), logsumexp.data, lengths);
 }
 
 namespace detail {
