@@ -20,9 +20,13 @@ TEMPLATE_LIST_TEST_CASE("llama_value_model: value_model_from(rm) gives each acti
   const llama_config c = tiny_llama_config(false);
   llama_model<B, T> lm(b, c);
   lm.init_random(b, 3, 0.4, 0.1);
+  lm.set_attention_memory(attention_memory::logsumexp);  // training passes only: the values below are inference
   auto rm = llama_reward_model<B, T>::from_language_model(b, lm, 5);
   rm.add_to_bias(b, -0.5);
   auto critic = value_model_from(b, rm);  // InstructGPT: the value function starts from the RM
+  // Both copies train the way the source model was set to (a user who chose logsumexp for the policy keeps it).
+  CHECK(rm.trunk().attention_memory_mode() == attention_memory::logsumexp);
+  CHECK(critic.trunk().attention_memory_mode() == attention_memory::logsumexp);
   CHECK(critic.parameters().size() == rm.parameters().size());
   CHECK(critic.parameters().back().name == "value_head.bias");
   std::mt19937_64 g(1);

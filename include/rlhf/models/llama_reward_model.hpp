@@ -78,12 +78,14 @@ class llama_reward_model {
   llama_reward_model(const B& b, const llama_config& config)
       : trunk_(b, config, false), head_(b, config.dim, "score_head.") {}
 
-  /// A reward model whose trunk is a copy of a language model's (the SFT policy) and whose head is
-  /// drawn from N(0, head_stddev^2) with `seed` (1/sqrt(D + 1) by default, a common value-head scale).
+  /// A reward model whose trunk is a copy of a language model's (the SFT policy), in its attention memory
+  /// mode (llama_model::set_attention_memory), and whose head is drawn from N(0, head_stddev^2) with `seed`
+  /// (1/sqrt(D + 1) by default, a common value-head scale).
   static llama_reward_model from_language_model(const B& b, const llama_model<B, T>& lm, std::uint64_t seed = 0,
                                                 double head_stddev = -1.0) {
     llama_reward_model rm(b, lm.config());
     rm.trunk_.copy_parameters_from(b, lm);
+    rm.trunk_.set_attention_memory(lm.attention_memory_mode());
     rm.head_.init_random(b, seed, head_stddev >= 0.0 ? head_stddev : default_head_stddev(lm.config()));
     return rm;
   }

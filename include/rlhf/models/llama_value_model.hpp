@@ -61,10 +61,12 @@ class llama_value_model {
         trunk_(own_trunk_.get()),
         head_(b, config.dim, "value_head.") {}
 
-  /// InstructGPT's initialization: a copy of a reward model's trunk and head.
+  /// InstructGPT's initialization: a copy of a reward model's trunk (in its attention memory mode,
+  /// llama_model::set_attention_memory) and head.
   static llama_value_model from_reward_model(const B& b, const llama_reward_model<B, T>& rm) {
     llama_value_model v(b, rm.config());
     v.trunk_->copy_parameters_from(b, rm.trunk());
+    v.trunk_->set_attention_memory(rm.trunk().attention_memory_mode());
     v.head_.copy_from(b, rm.head());
     return v;
   }
