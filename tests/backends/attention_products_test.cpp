@@ -4,8 +4,8 @@
 // kernels replay them (a warp or a block of threads per row, tests/backends/split_rows_replay.hpp), against
 // the generic path of rlhf::causal_attention_forward / _backward. Grouped heads (every operand stride),
 // several sequences, ragged lengths (an empty sequence; NaN in the padding keys and values, which the products
-// must not read), T = 1, with saved probs and with the scratch; and the logsumexp pair (forward and
-// recomputing backward) in blocks of queries of several sizes against the generic logsumexp pair.
+// must not read), T = 1, with saved probs and with the scratch, in blocks of queries of several sizes; and
+// the logsumexp pair (forward and recomputing backward) in blocks against the generic logsumexp pair.
 #include "rlhf/backends/attention_products.hpp"
 
 #include <vector>
@@ -114,25 +114,31 @@ TEMPLATE_TEST_CASE("attention as strided-batched products matches the generic pa
           }
         }
         auto pk = to_backend(b, k_pad, rows, kc), pv = to_backend(b, v_pad, rows, kc);
-        auto out = allocate_filled<T>(b, rows, qc, nan), online = allocate_filled<T>(b, rows, qc, nan);
-        auto probs = allocate_filled<T>(b, prob_rows, s.seq, nan);
-        detail::attention_forward_by_products<reference_backend, T>(
-            b, product, row_pass, as_const(bq.view()), as_const(pk.view()), as_const(pv.view()), s.batch, s.n_heads,
-            s.n_kv_heads, out.view(), probs.view(), lv);
-        detail::attention_forward_by_products<reference_backend, T>(b, product, row_pass, as_const(bq.view()),
-                                                                    as_const(pk.view()), as_const(pv.view()), s.batch,
-                                                                    s.n_heads, s.n_kv_heads, online.view(), {}, lv);
-        CHECK_THAT(to_host(b, out.view()), close_to<T>(to_host(b, want_out.view()), rtol, atol));
-        CHECK_THAT(to_host(b, online.view()), close_to<T>(to_host(b, want_out.view()), rtol, atol));
-        CHECK_THAT(to_host(b, probs.view()), close_to<T>(to_host(b, want_probs.view()), rtol, atol));
-        auto dq = allocate_filled<T>(b, rows, qc, nan), dk = allocate_filled<T>(b, rows, kc, nan),
-             dv = allocate_filled<T>(b, rows, kc, nan);
-        detail::attention_backward_by_products<reference_backend, T>(
-            b, product, row_pass, as_const(bq.view()), as_const(pk.view()), as_const(pv.view()), as_const(probs.view()),
-            as_const(bd.view()), s.batch, s.n_heads, s.n_kv_heads, dq.view(), dk.view(), dv.view(), lv);
-        CHECK_THAT(to_host(b, dq.view()), close_to<T>(to_host(b, want_dq.view()), rtol, atol));
-        CHECK_THAT(to_host(b, dk.view()), close_to<T>(to_host(b, want_dk.view()), rtol, atol));
-        CHECK_THAT(to_host(b, dv.view()), close_to<T>(to_host(b, want_dv.view()), rtol, atol));
+        // Blocks of 1 and 3 queries (a last block shorter than the others) and the default (all T here).
+        for (const std::size_t block : {std::size_t{1}, std::size_t{3}, std::size_t{0}}) {
+          INFO("block " << block);
+          auto out = allocate_filled<T>(b, rows, qc, nan), online = allocate_filled<T>(b, rows, qc, nan);
+          auto probs = allocate_filled<T>(b, prob_rows, s.seq, nan);
+          detail::attention_forward_by_products<reference_backend, T>(
+              b, product, row_pass, as_const(bq.view()), as_const(pk.view()), as_const(pv.view()), s.batch,
+              s.n_heads, s.n_kv_heads, out.view(), probs.view(), lv, block);
+          detail::attention_forward_by_products<reference_backend, T>(
+              b, product, row_pass, as_const(bq.view()), as_const(pk.view()), as_const(pv.view()), s.batch,
+              s.n_heads, s.n_kv_heads, online.view(), {}, lv, block);
+          CHECK_THAT(to_host(b, out.view()), close_to<T>(to_host(b, want_out.view()), rtol, atol));
+          CHECK_THAT(to_host(b, online.view()), close_to<T>(to_host(b, want_out.view()), rtol, atol));
+          // Whole rows: exact zeros past each query's visible keys, whatever the block.
+          CHECK_THAT(to_host(b, probs.view()), close_to<T>(to_host(b, want_probs.view()), rtol, atol));
+          auto dq = allocate_filled<T>(b, rows, qc, nan), dk = allocate_filled<T>(b, rows, kc, nan),
+               dv = allocate_filled<T>(b, rows, kc, nan);
+          detail::attention_backward_by_products<reference_backend, T>(
+              b, product, row_pass, as_const(bq.view()), as_const(pk.view()), as_const(pv.view()),
+              as_const(probs.view()), as_const(bd.view()), s.batch, s.n_heads, s.n_kv_heads, dq.view(), dk.view(),
+              dv.view(), lv, block);
+          CHECK_THAT(to_host(b, dq.view()), close_to<T>(to_host(b, want_dq.view()), rtol, atol));
+          CHECK_THAT(to_host(b, dk.view()), close_to<T>(to_host(b, want_dk.view()), rtol, atol));
+          CHECK_THAT(to_host(b, dv.view()), close_to<T>(to_host(b, want_dv.view()), rtol, atol));
+        }
       }
     }
   }

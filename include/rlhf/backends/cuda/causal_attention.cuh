@@ -14,11 +14,12 @@
 ///
 /// The products of a sequence span its valid keys only (the lengths are copied to the host once per call),
 /// so padding key / value rows are never read, as in the generic path, and a ragged batch costs its lengths.
-/// With `probs` the forward writes them directly; without, it runs in blocks of queries with a scratch of
-/// Hq * rows * T (rows chosen so that it holds at most 2^24 elements). The backward's dP / dS scratch is
-/// Hq * T * T elements per sequence. The training pair that keeps row logsumexps instead
-/// (rlhf::causal_attention_forward_logsumexp / _backward_recompute) runs the same products and row passes in
-/// those blocks of queries (two scratches of Hq * rows * T in the backward): no T x T buffer.
+/// Every pass runs in blocks of queries that see only the keys up to the block's last query (the causal half
+/// past it is not computed), with scratches of Hq * rows * T (rows chosen so that one holds at most 2^24
+/// elements): the forward writes into `probs` when given, else into a scratch; the backward's dP / dS is a
+/// scratch. The training pair that keeps row logsumexps instead (rlhf::causal_attention_forward_logsumexp /
+/// _backward_recompute) runs the same products and row passes in the same blocks (two scratches in the
+/// backward): no T x T buffer.
 ///
 /// CPU reference: the generic path of rlhf/models/layers/attention.hpp. tests/backends/attention_products_test.cpp
 /// runs this algorithm on the host with a product of cuBLAS's semantics against it; the GPU test holds this
@@ -71,19 +72,19 @@ struct attention_split_rows {
   template <class T>
   void operator()(const cuda_backend& b, std::size_t count, std::size_t /*work_per_row*/,
                   const rlhf::detail::attention_softmax_rows<T, cuda_space>& rows) const {
-    run_split_rows<split_row_kernel::max_sum_then_write>(b, count, rows.seq, rows,
+    run_split_rows<split_row_kernel::max_sum_then_write>(b, count, rows.block.columns, rows,
                                                          "rlhf::causal_attention_forward (cuda_backend)");
   }
   template <class T>
   void operator()(const cuda_backend& b, std::size_t count, std::size_t /*work_per_row*/,
                   const rlhf::detail::attention_softmax_backward_rows<T, cuda_space>& rows) const {
-    run_split_rows<split_row_kernel::sum_then_write>(b, count, rows.seq, rows,
+    run_split_rows<split_row_kernel::sum_then_write>(b, count, rows.block.columns, rows,
                                                      "rlhf::causal_attention_backward (cuda_backend)");
   }
   template <class T>
   void operator()(const cuda_backend& b, std::size_t count, std::size_t /*work_per_row*/,
                   const rlhf::detail::attention_recompute_backward_rows<T, cuda_space>& rows) const {
-    run_split_rows<split_row_kernel::sum_then_write>(b, count, rows.seq, rows,
+    run_split_rows<split_row_kernel::sum_then_write>(b, count, rows.block.columns, rows,
                                                      "rlhf::causal_attention_backward_recompute (cuda_backend)");
   }
 };
