@@ -13,6 +13,7 @@
 
 #include "rlhf/advantages/gae.hpp"
 #include "rlhf/advantages/kl_penalized_advantages.hpp"
+#include "rlhf/advantages/kl_penalized_rewards.hpp"
 #include "rlhf/backends/cuda.cuh"
 #include "rlhf/backends/memory.hpp"
 #include "rlhf/backends/reference.hpp"
@@ -49,6 +50,8 @@ constexpr bool kernels_found = requires(const rlhf::cuda_backend& b, rlhf::matri
   rlhf_specialized_token_logprobs_backward(b, cm, tok, vm, cv, cv, cv, cv, m, d);
   rlhf_specialized_ppo_clip_loss(b, cm, cm, cm, mm, w, m, d, d, d, d, out, out, out, out, out, out, out);
   rlhf_specialized_k1_kl_penalized_advantages(b, cm, cm, cm, mm, cv, m, m, m, m, x, 0, x, x, out, n, out, n, moments);
+  rlhf_specialized_kl_penalized_rewards(b, cm, mm, cv, m, x, 0, out, n, out, n);
+  rlhf_specialized_k1_kl_penalized_rewards(b, cm, cm, m, mm, cv, m, x, 0, out, n, out, n);
   rlhf_specialized_ranking_loss(b, cm, ranks, counts, m, scratch, d, d, flag, flag);
   rlhf_specialized_clipped_value_loss(b, cm, cm, cm, mm, w, m, d, out, out, out, out, out, out);
   rlhf_specialized_causal_attention_forward(b, cm, cm, cm, n, n, n, m, m, counts);
@@ -75,6 +78,9 @@ static_assert(kernels_found<float> && kernels_found<double>,
 static_assert(rlhf::detail::k1_kl_advantages_backend<rlhf::cuda_backend, float> &&
                   rlhf::detail::k1_kl_advantages_backend<rlhf::cuda_backend, double>,
               "rlhf::kl_penalized_advantages no longer finds the CUDA one-pass kernel");
+static_assert(rlhf::detail::k1_kl_rewards_backend<rlhf::cuda_backend, float> &&
+                  rlhf::detail::k1_kl_rewards_backend<rlhf::cuda_backend, double>,
+              "rlhf::kl_penalized_rewards no longer finds the CUDA one-pass kernel with the k1 KL");
 
 template <class T>
 void conformance(const rlhf::cuda_backend& b, const char* name, std::size_t rows = 7, std::size_t cols = 33) {
@@ -436,6 +442,72 @@ void kl_penalized_advantages_match_reference(const rlhf::cuda_backend& b) {
   }
 }
 
+// The one-pass kernel of rlhf::kl_penalized_rewards, the KL read and (logp overload, k1) computed on the way,
+// against the reference backend: ragged rows with interior holes, NaN where masked, a row without a valid token,
+// rows shorter than a warp and of many warps' width, every placement, a score clip and a missing-EOS penalty.
+template <class T>
+void kl_penalized_rewards_match_reference(const rlhf::cuda_backend& b) {
+  const rlhf::reference_backend ref;
+  std::mt19937_64 g(16);
+  std::normal_distribution<double> z(0.0, 1.0);
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  for (auto [rows, cols] : {std::pair<std::size_t, std::size_t>{1, 1}, {9, 31}, {33, 1024}, {3, 5000}}) {
+    const std::size_t n = rows * cols;
+    std::vector<T> logp(n), ref_logp(n), scores(rows);
+    std::vector<rlhf::mask_type> mask(n), eos(rows);
+    for (std::size_t i = 0; i < n; ++i) {
+      logp[i] = static_cast<T>(-1.0 + 0.3 * z(g));
+      ref_logp[i] = static_cast<T>(-1.0 + 0.3 * z(g));
+      mask[i] = static_cast<rlhf::mask_type>(g() % 6 != 0);
+    }
+    for (std::size_t r = 0; r < rows; ++r) {
+      scores[r] = static_cast<T>(3 * z(g));
+      eos[r] = static_cast<rlhf::mask_type>(g() % 3 != 0);
+      const std::size_t pad = r == 1 ? cols : g() % (cols / 2 + 1);  // row 1 has no valid token
+      for (std::size_t t = cols - pad; t < cols; ++t) mask[r * cols + t] = 0;
+    }
+    for (std::size_t i = 0; i < n; ++i)
+      if (!mask[i]) logp[i] = nan;  // never read
+    auto dl = rlhf::to_backend(b, logp, rows, cols), dr = rlhf::to_backend(b, ref_logp, rows, cols);
+    auto ds = rlhf::to_backend(b, scores);
+    auto dm = rlhf::to_backend(b, mask, rows, cols), de = rlhf::to_backend(b, eos);
+    auto kl = rlhf::allocate<T>(b, rows, cols), rw = rlhf::allocate<T>(b, rows, cols);
+    for (auto placement : {rlhf::score_placement::last_valid_token, rlhf::score_placement::last_position,
+                           rlhf::score_placement::one_past_last_valid}) {
+      const rlhf::kl_penalized_rewards_options o{0.05, 2.0, 0.5, placement};
+      std::vector<T> want_kl(n), want_rw(n);
+      const auto want = rlhf::kl_penalized_rewards<rlhf::reference_backend, T>(
+          ref, rlhf::make_matrix_view(std::as_const(logp).data(), rows, cols),
+          rlhf::make_matrix_view(std::as_const(ref_logp).data(), rows, cols),
+          rlhf::make_vector_view(std::as_const(scores).data(), rows),
+          rlhf::make_matrix_view(std::as_const(mask).data(), rows, cols),
+          rlhf::make_vector_view(std::as_const(eos).data(), rows), rlhf::make_matrix_view(want_kl.data(), rows, cols),
+          rlhf::make_matrix_view(want_rw.data(), rows, cols), rlhf::kl_estimator_options::instructgpt(), o);
+      const std::string at = " [" + std::to_string(rows) + ", " + std::to_string(cols) + "] placement " +
+                             std::to_string(static_cast<int>(placement));
+      const double rtol = std::is_same_v<T, float> ? 1e-6 : 1e-14, stol = std::is_same_v<T, float> ? 1e-5 : 1e-11;
+      const auto stats = [](const rlhf::kl_penalized_rewards_stats& s) {
+        return std::vector<double>{static_cast<double>(s.valid_tokens), static_cast<double>(s.scored_rows), s.mean_kl,
+                                   s.mean_kl_sum, s.mean_score, s.mean_raw_score, s.mean_non_score_reward};
+      };
+      // k1 computed inside the pass (the logp overload), then the KL read back by the other overload.
+      const auto got_k1 = rlhf::kl_penalized_rewards<rlhf::cuda_backend, T>(
+          b, rlhf::as_const(dl.view()), rlhf::as_const(dr.view()), rlhf::as_const(ds.view().flat()),
+          rlhf::as_const(dm.view()), rlhf::as_const(de.view().flat()), kl.view(), rw.view(),
+          rlhf::kl_estimator_options::instructgpt(), o);
+      check_close(rlhf::to_host(b, kl.view()), want_kl, 0.0, 0.0, "kl_penalized_rewards (k1) kl" + at);
+      check_close(rlhf::to_host(b, rw.view()), want_rw, rtol, rtol, "kl_penalized_rewards (k1) rewards" + at);
+      check_close(stats(got_k1), stats(want), stol, stol, "kl_penalized_rewards (k1) statistics" + at);
+      b.fill(rw.view().flat(), nan);  // every element must be written
+      const auto got = rlhf::kl_penalized_rewards<rlhf::cuda_backend, T>(
+          b, rlhf::as_const(kl.view()), rlhf::as_const(ds.view().flat()), rlhf::as_const(dm.view()),
+          rlhf::as_const(de.view().flat()), rw.view(), o);
+      check_close(rlhf::to_host(b, rw.view()), want_rw, rtol, rtol, "kl_penalized_rewards rewards" + at);
+      check_close(stats(got), stats(want), stol, stol, "kl_penalized_rewards statistics" + at);
+    }
+  }
+}
+
 // The ranking-loss kernel against the reference backend: 64 prompts of K = 2..9 responses (ragged, NaN past
 // K, ties), each option preset, forward only and with the gradient.
 template <class T>
@@ -717,6 +789,8 @@ int main() {
     ppo_clip_matches_reference<double>(on_stream);
     kl_penalized_advantages_match_reference<float>(on_stream);
     kl_penalized_advantages_match_reference<double>(on_stream);
+    kl_penalized_rewards_match_reference<float>(on_stream);
+    kl_penalized_rewards_match_reference<double>(on_stream);
     ranking_loss_matches_reference<float>(on_stream);
     ranking_loss_matches_reference<double>(on_stream);
     value_loss_matches_reference<float>(on_stream);

@@ -411,6 +411,7 @@ using backends::cuda_backend;
 #include "rlhf/backends/cuda/embedding_backward.cuh"
 #include "rlhf/backends/cuda/gae.cuh"
 #include "rlhf/backends/cuda/kl_penalized_advantages.cuh"
+#include "rlhf/backends/cuda/kl_penalized_rewards.cuh"
 #include "rlhf/backends/cuda/ppo_clip_loss.cuh"
 #include "rlhf/backends/cuda/ranking_loss.cuh"
 #include "rlhf/backends/cuda/rms_norm.cuh"

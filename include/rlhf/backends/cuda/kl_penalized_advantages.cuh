@@ -9,7 +9,8 @@
 /// It is the GAE kernel of cuda/gae.cuh (one warp per row, tiles of 32 x 4 steps from the row's end, the step
 /// maps scanned across the warp) with a reward source that computes each step's reward instead of reading it:
 /// - begin_row: the warp finds the row's last valid column from the row's end (one ballot per 32 mask bytes,
-///   usually one) and, from it and the placement, the column that receives the shaped score;
+///   usually one; cuda/kl_penalized_rewards.cuh) and, from it and the placement, the column that receives the
+///   shaped score (rlhf::detail::kl_rewards_score_column);
 /// - reward: kl = logp - ref_logp (T, +0 where masked), reward = valid ? kl * -beta : +0, plus the score at that
 ///   column, both written; the lane adds the valid kl to its double sum and counts the step (Ouyang et al. 2022,
 ///   eq. 2, per token);
@@ -30,6 +31,8 @@
 
 #include "rlhf/backends/cuda.cuh"
 #include "rlhf/backends/cuda/gae.cuh"
+#include "rlhf/backends/cuda/kl_penalized_rewards.cuh"
+#include "rlhf/backends/kl_rewards_rows.hpp"
 #include "rlhf/backends/masked_moments.hpp"
 #include "rlhf/backends/view.hpp"
 
@@ -59,16 +62,6 @@ struct same_advantages_row_sums {
   RLHF_HOST_DEVICE advantages_row_sums operator()(const advantages_row_sums& s) const { return s; }
 };
 
-/// The last column of a row whose mask is set, or -1: the warp reads 32 mask bytes at a time from the row's end.
-__device__ inline long long warp_last_valid_column(const mask_type* row_mask, long long cols, unsigned lane) {
-  for (long long end = cols; end > 0; end -= warp_size) {
-    const long long t = end - static_cast<long long>(warp_size) + lane;
-    const unsigned bits = __ballot_sync(full_warp, t >= 0 && row_mask[t] != 0);
-    if (bits != 0) return end - static_cast<long long>(warp_size) + (31 - __clz(bits));  // the highest lane set
-  }
-  return -1;
-}
-
 __device__ inline masked_moments shfl_down_moments(const masked_moments& m, unsigned offset) {
   return {__shfl_down_sync(full_warp, m.count, offset), __shfl_down_sync(full_warp, m.mean, offset),
           __shfl_down_sync(full_warp, m.m2, offset)};
@@ -94,10 +87,8 @@ struct k1_kl_penalized_reward_source {
   __device__ void begin_row(std::size_t row, unsigned lane) {
     const long long cols = static_cast<long long>(mask.cols);
     const long long last = warp_last_valid_column(mask.data + row * mask.cols, cols, lane);
-    if (last >= 0) {
-      target = placement == 1 ? cols - 1 : placement == 2 ? (last + 1 < cols ? last + 1 : cols - 1) : last;
-      score = shaped_scores.data[row];
-    }
+    target = rlhf::detail::kl_rewards_score_column(last, cols, placement);
+    if (target >= 0) score = shaped_scores.data[row];
   }
 
   __device__ T reward(std::size_t i, long long t, bool valid_step) {
