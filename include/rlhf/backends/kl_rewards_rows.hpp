@@ -17,11 +17,13 @@
 /// kernel takes it with warp ballots over 32 mask bytes at a time), then `write(r, target, first, step)` over
 /// the row's elements first, first + step, ..., which returns the part's sums for the group to add; `finish`
 /// stores the row's. `operator()(r)` is the whole row on one thread. Masked values are selected away, never
-/// multiplied by the mask, so NaN there never reaches the rewards (verl PR #6361).
+/// multiplied by the mask, so NaN there never reaches the rewards (verl PR #6361). `kl_rewards_by_rows` runs
+/// the rows on a backend and folds their statistics into what the rewards hooks return.
 #pragma once
 
 #include <cstddef>
 
+#include "rlhf/backends/memory.hpp"
 #include "rlhf/backends/view.hpp"
 #include "rlhf/config.hpp"
 
@@ -123,5 +125,28 @@ struct kl_rewards_rows {
     finish(r, column, write(r, column, 0, 1));
   }
 };
+
+/// The pass on backend `b`: `run_rows(rows, count)` runs the rows (one thread each: `b.for_each_index(count,
+/// rows)`; a CUDA warp each), into a [count] buffer of row statistics allocated here; then the rows'
+/// statistics are folded by the backend's transform_reduce (a fixed order) into the outputs of the rewards
+/// hooks (rlhf_specialized_kl_penalized_rewards): the KL summed over valid tokens, the valid count, and the
+/// sum and count of the scores placed.
+template <class B, class T, class RunRows>
+void kl_rewards_by_rows(const B& b, kl_rewards_rows<T, typename B::memory_space> rows, const RunRows& run_rows,
+                        double& kl_total, std::size_t& valid_tokens, double& scored_sum, std::size_t& scored_rows) {
+  kl_total = scored_sum = 0;
+  valid_tokens = scored_rows = 0;
+  const std::size_t count = rows.mask.rows;
+  if (count == 0) return;
+  auto row_sums = allocate<kl_rewards_row_sums>(b, count);
+  rows.row_sums = row_sums.view().data;
+  run_rows(rows, count);
+  const kl_rewards_row_sums s = b.transform_reduce(kl_rewards_row_sums{}, add_kl_rewards_row_sums{},
+                                                   same_kl_rewards_row_sums{}, as_const(row_sums.view().flat()));
+  kl_total = s.kl;
+  valid_tokens = static_cast<std::size_t>(s.valid);
+  scored_sum = s.score;
+  scored_rows = static_cast<std::size_t>(s.scored);
+}
 
 }  // namespace rlhf::detail

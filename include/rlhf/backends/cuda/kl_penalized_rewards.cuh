@@ -9,7 +9,8 @@
 /// valid column from the row's end (one ballot per 32 mask bytes, usually one), then lane l takes the row's
 /// elements l, l + 32, ... (coalesced) through rlhf::detail::kl_rewards_rows (rlhf/backends/kl_rewards_rows.hpp),
 /// the lanes' sums are added by shuffles and lane 0 stores the row's. The rows' statistics are folded by the
-/// backend's transform_reduce (a fixed order): the result does not depend on the launch. The generic path
+/// backend's transform_reduce (a fixed order; rlhf::detail::kl_rewards_by_rows): the result does not depend
+/// on the launch. The generic path
 /// made two row reductions, two element passes and four reductions over [B, T] (Thrust launches).
 ///
 /// CPU reference: the generic path of rlhf::kl_penalized_rewards (and the Eigen kernel);
@@ -53,29 +54,18 @@ __global__ void __launch_bounds__(WarpsPerBlock * warp_size)
   if (lane == 0) rows.finish(r, target, sums);
 }
 
-/// Runs the kernel over `rows` and folds the rows' statistics into the hook's outputs.
-template <class T>
-void kl_rewards_pass(const cuda_backend& b, rlhf::detail::kl_rewards_rows<T, cuda_space> rows, double& kl_total,
-                     std::size_t& valid_tokens, double& scored_sum, std::size_t& scored_rows) {
-  using sums = rlhf::detail::kl_rewards_row_sums;
-  kl_total = scored_sum = 0;
-  valid_tokens = scored_rows = 0;
-  const std::size_t count = rows.mask.rows;
-  if (count == 0) return;
-  auto row_sums = b.allocate<sums>(1, count);
-  rows.row_sums = row_sums.data();
-  constexpr unsigned warps = kl_rewards_warps_per_block;
-  const unsigned blocks = detail::grid_blocks((count + warps - 1) / warps, "rlhf::kl_penalized_rewards (CUDA kernel)");
-  kl_rewards_row_kernel<T, warps><<<blocks, warps * warp_size, 0, b.stream()>>>(rows, count);
-  detail::cuda_check(cudaGetLastError(), "rlhf::kl_penalized_rewards (CUDA kernel)", "kl_rewards_row_kernel<<<>>>");
-  const vector_view<const sums, cuda_space> all{row_sums.data(), count};
-  const sums s = b.transform_reduce(sums{}, rlhf::detail::add_kl_rewards_row_sums{},
-                                    rlhf::detail::same_kl_rewards_row_sums{}, all);
-  kl_total = s.kl;
-  valid_tokens = static_cast<std::size_t>(s.valid);
-  scored_sum = s.score;
-  scored_rows = static_cast<std::size_t>(s.scored);
-}
+/// The kernel as kl_rewards_by_rows's row runner: a warp per row on b's stream.
+struct kl_rewards_warp_rows {
+  const cuda_backend& b;
+  template <class T>
+  void operator()(const rlhf::detail::kl_rewards_rows<T, cuda_space>& rows, std::size_t count) const {
+    constexpr unsigned warps = kl_rewards_warps_per_block;
+    const unsigned blocks =
+        detail::grid_blocks((count + warps - 1) / warps, "rlhf::kl_penalized_rewards (CUDA kernel)");
+    kl_rewards_row_kernel<T, warps><<<blocks, warps * warp_size, 0, b.stream()>>>(rows, count);
+    detail::cuda_check(cudaGetLastError(), "rlhf::kl_penalized_rewards (CUDA kernel)", "kl_rewards_row_kernel<<<>>>");
+  }
+};
 
 }  // namespace cuda_kernels
 
@@ -87,9 +77,9 @@ void rlhf_specialized_kl_penalized_rewards(const cuda_backend& b, matrix_view<co
                                            vector_view<const T, cuda_space> shaped_scores,
                                            matrix_view<T, cuda_space> rewards, T beta, int placement, double& kl_total,
                                            std::size_t& valid_tokens, double& scored_sum, std::size_t& scored_rows) {
-  cuda_kernels::kl_rewards_pass<T>(
-      b, {kl, {}, {}, mask, shaped_scores, rewards, static_cast<T>(-beta), placement, nullptr}, kl_total,
-      valid_tokens, scored_sum, scored_rows);
+  rlhf::detail::kl_rewards_by_rows<cuda_backend, T>(
+      b, {kl, {}, {}, mask, shaped_scores, rewards, static_cast<T>(-beta), placement, nullptr},
+      cuda_kernels::kl_rewards_warp_rows{b}, kl_total, valid_tokens, scored_sum, scored_rows);
 }
 
 /// The same pass with InstructGPT's k1 KL (logp - ref_logp, no clamp) computed on the way and written to `kl`
@@ -103,9 +93,9 @@ void rlhf_specialized_k1_kl_penalized_rewards(const cuda_backend& b, matrix_view
                                               matrix_view<T, cuda_space> rewards, T beta, int placement,
                                               double& kl_total, std::size_t& valid_tokens, double& scored_sum,
                                               std::size_t& scored_rows) {
-  cuda_kernels::kl_rewards_pass<T>(
-      b, {logp, ref_logp, kl, mask, shaped_scores, rewards, static_cast<T>(-beta), placement, nullptr}, kl_total,
-      valid_tokens, scored_sum, scored_rows);
+  rlhf::detail::kl_rewards_by_rows<cuda_backend, T>(
+      b, {logp, ref_logp, kl, mask, shaped_scores, rewards, static_cast<T>(-beta), placement, nullptr},
+      cuda_kernels::kl_rewards_warp_rows{b}, kl_total, valid_tokens, scored_sum, scored_rows);
 }
 
 }  // namespace rlhf::backends
