@@ -280,8 +280,7 @@ int main(int argc, char** argv) {
       const auto r = sft.fit(b, demonstrations, run);
       std::printf("  SFT: %zu steps, final batch nll %.3f\n", r.total_steps, r.history.empty() ? std::nan("") : r.last("nll"));
     }
-    policy_t sft_policy = rlhf::load_llama2c(b, s.data + "/stories260K.bin");
-    sft_policy.copy_parameters_from(b, policy);
+    policy_t sft_policy = policy.clone(b);  // frozen: the KL penalty's reference and the RM's start
 
     // 2. Rankings of K samples of the SFT policy, written to files, then the reward model.
     // The labeler ranks K samples of a policy per prompt (rlhf::collect_rankings); the records go to a

@@ -181,6 +181,32 @@ TEMPLATE_LIST_TEST_CASE("llama_model: parameters have stable names and shapes, z
     m.init_random(b, 7, 0.5);
     CHECK(to_host(b, m.parameter("layers.1.feed_forward.w3")) == to_host(b, m.parameters()[18].value));
     CHECK_THROWS_WITH(m.parameter("nope"), Catch::Contains("rlhf::llama_model::parameter") && Catch::Contains("'nope'"));
+    // clone: a deep copy (same names and values, its own storage, zero gradients) in the same attention memory
+    // mode, with or without the classifier; training the copy leaves the original as it was.
+    for (const bool with_classifier : {true, false}) {
+      llama_model<B, T> source(b, c, with_classifier);
+      source.init_random(b, 11, 0.5, 0.1);
+      source.set_attention_memory(attention_memory::logsumexp);
+      auto source_params = source.parameters();
+      b.fill(source_params[0].grad.flat(), T(3));  // the source's gradients are not copied
+      const llama_model<B, T>& frozen_source = source;  // clone is const
+      auto copy = frozen_source.clone(b);
+      CHECK(copy.has_classifier() == with_classifier);
+      CHECK(copy.attention_memory_mode() == attention_memory::logsumexp);
+      const auto copy_params = copy.parameters();
+      REQUIRE(copy_params.size() == source_params.size());
+      for (std::size_t i = 0; i < copy_params.size(); ++i) {
+        INFO(copy_params[i].name);
+        CHECK(copy_params[i].name == source_params[i].name);
+        CHECK(copy_params[i].value.data != source_params[i].value.data);
+        CHECK(to_host(b, copy_params[i].value) == to_host(b, source_params[i].value));
+        for (const T g : to_host(b, copy_params[i].grad)) REQUIRE(g == T(0));
+      }
+      const auto before = to_host(b, source_params[2].value);
+      copy.init_random(b, 12, 0.5);
+      CHECK(to_host(b, source_params[2].value) == before);
+      CHECK(to_host(b, copy_params[2].value) != before);
+    }
   }
 }
 

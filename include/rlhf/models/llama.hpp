@@ -396,6 +396,17 @@ class llama_model {
     return pairs.size();
   }
 
+  /// A deep copy on backend `b`: the same configuration, classifier and parameter values, and the same
+  /// attention memory mode; gradients zero, no gradient-ready callback, no recorded pass. InstructGPT's
+  /// frozen reference of the KL penalty is the policy cloned when PPO starts (Ouyang et al. 2022, §3.5,
+  /// pi_SFT in eq. 2). The model itself is move-only (its buffers live on the backend): this is its copy.
+  llama_model clone(const B& b) const {
+    llama_model copy(b, config_, has_classifier_);
+    copy.copy_parameters_from(b, *this);
+    copy.attention_memory_ = attention_memory_;
+    return copy;
+  }
+
   /// Reports ready gradients (rlhf::reports_ready_gradients): during backward passes, `f(first, count)`
   /// for the classifier (unless shared with the embedding) once the logits' backward is done, the final
   /// norm, each layer's nine tensors from the last layer down, and the embedding last. An empty function
