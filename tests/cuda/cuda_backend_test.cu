@@ -364,6 +364,38 @@ void ppo_clip_matches_reference(const rlhf::cuda_backend& b) {
   }
 }
 
+// A rollout's per-token inputs for the rewards and advantages kernels: log-probs near -1, values and scores
+// of unit scale, a mask with interior holes and ragged padding (row 1 without a valid token), has_eos mostly
+// set; logp and values NaN where masked (the kernels must never read them).
+template <class T>
+struct rollout_inputs {
+  std::vector<T> logp, ref_logp, values, scores;
+  std::vector<rlhf::mask_type> mask, eos;
+};
+
+template <class T>
+rollout_inputs<T> make_rollout_inputs(std::mt19937_64& g, std::size_t rows, std::size_t cols) {
+  std::normal_distribution<double> z(0.0, 1.0);
+  const std::size_t n = rows * cols;
+  rollout_inputs<T> in{std::vector<T>(n), std::vector<T>(n), std::vector<T>(n), std::vector<T>(rows),
+                       std::vector<rlhf::mask_type>(n), std::vector<rlhf::mask_type>(rows)};
+  for (std::size_t i = 0; i < n; ++i) {
+    in.logp[i] = static_cast<T>(-1.0 + 0.3 * z(g));
+    in.ref_logp[i] = static_cast<T>(-1.0 + 0.3 * z(g));
+    in.values[i] = static_cast<T>(z(g));
+    in.mask[i] = static_cast<rlhf::mask_type>(g() % 6 != 0);
+  }
+  for (std::size_t r = 0; r < rows; ++r) {
+    in.scores[r] = static_cast<T>(2 * z(g));
+    in.eos[r] = static_cast<rlhf::mask_type>(g() % 3 != 0);
+    const std::size_t pad = r == 1 ? cols : g() % (cols / 2 + 1);  // row 1 has no valid token
+    for (std::size_t t = cols - pad; t < cols; ++t) in.mask[r * cols + t] = 0;
+  }
+  for (std::size_t i = 0; i < n; ++i)
+    if (!in.mask[i]) in.logp[i] = in.values[i] = std::numeric_limits<T>::quiet_NaN();  // never read
+  return in;
+}
+
 // The one-pass kernel of rlhf::kl_penalized_advantages (k1 KL, rewards, GAE, the advantages' moments) against
 // the reference backend's four calls: ragged rows with interior holes, NaN where masked, a row without a valid
 // token, rows of one tile and of many, every placement, with and without returns; then a non-k1 estimator,
@@ -372,26 +404,9 @@ template <class T>
 void kl_penalized_advantages_match_reference(const rlhf::cuda_backend& b) {
   const rlhf::reference_backend ref;
   std::mt19937_64 g(15);
-  std::normal_distribution<double> z(0.0, 1.0);
-  const T nan = std::numeric_limits<T>::quiet_NaN();
   for (auto [rows, cols] : {std::pair<std::size_t, std::size_t>{1, 1}, {7, 129}, {33, 1024}, {4, 5000}}) {
     const std::size_t n = rows * cols;
-    std::vector<T> logp(n), ref_logp(n), values(n), scores(rows);
-    std::vector<rlhf::mask_type> mask(n), eos(rows);
-    for (std::size_t i = 0; i < n; ++i) {
-      logp[i] = static_cast<T>(-1.0 + 0.3 * z(g));
-      ref_logp[i] = static_cast<T>(-1.0 + 0.3 * z(g));
-      values[i] = static_cast<T>(z(g));
-      mask[i] = static_cast<rlhf::mask_type>(g() % 6 != 0);
-    }
-    for (std::size_t r = 0; r < rows; ++r) {
-      scores[r] = static_cast<T>(2 * z(g));
-      eos[r] = static_cast<rlhf::mask_type>(g() % 3 != 0);
-      const std::size_t pad = r == 1 ? cols : g() % (cols / 2 + 1);  // row 1 has no valid token
-      for (std::size_t t = cols - pad; t < cols; ++t) mask[r * cols + t] = 0;
-    }
-    for (std::size_t i = 0; i < n; ++i)
-      if (!mask[i]) logp[i] = values[i] = nan;  // never read
+    const auto [logp, ref_logp, values, scores, mask, eos] = make_rollout_inputs<T>(g, rows, cols);
     auto dl = rlhf::to_backend(b, logp, rows, cols), dr = rlhf::to_backend(b, ref_logp, rows, cols);
     auto dv = rlhf::to_backend(b, values, rows, cols), ds = rlhf::to_backend(b, scores);
     auto dm = rlhf::to_backend(b, mask, rows, cols), de = rlhf::to_backend(b, eos);
@@ -449,25 +464,10 @@ template <class T>
 void kl_penalized_rewards_match_reference(const rlhf::cuda_backend& b) {
   const rlhf::reference_backend ref;
   std::mt19937_64 g(16);
-  std::normal_distribution<double> z(0.0, 1.0);
   const T nan = std::numeric_limits<T>::quiet_NaN();
   for (auto [rows, cols] : {std::pair<std::size_t, std::size_t>{1, 1}, {9, 31}, {33, 1024}, {3, 5000}}) {
     const std::size_t n = rows * cols;
-    std::vector<T> logp(n), ref_logp(n), scores(rows);
-    std::vector<rlhf::mask_type> mask(n), eos(rows);
-    for (std::size_t i = 0; i < n; ++i) {
-      logp[i] = static_cast<T>(-1.0 + 0.3 * z(g));
-      ref_logp[i] = static_cast<T>(-1.0 + 0.3 * z(g));
-      mask[i] = static_cast<rlhf::mask_type>(g() % 6 != 0);
-    }
-    for (std::size_t r = 0; r < rows; ++r) {
-      scores[r] = static_cast<T>(3 * z(g));
-      eos[r] = static_cast<rlhf::mask_type>(g() % 3 != 0);
-      const std::size_t pad = r == 1 ? cols : g() % (cols / 2 + 1);  // row 1 has no valid token
-      for (std::size_t t = cols - pad; t < cols; ++t) mask[r * cols + t] = 0;
-    }
-    for (std::size_t i = 0; i < n; ++i)
-      if (!mask[i]) logp[i] = nan;  // never read
+    const auto [logp, ref_logp, values, scores, mask, eos] = make_rollout_inputs<T>(g, rows, cols);
     auto dl = rlhf::to_backend(b, logp, rows, cols), dr = rlhf::to_backend(b, ref_logp, rows, cols);
     auto ds = rlhf::to_backend(b, scores);
     auto dm = rlhf::to_backend(b, mask, rows, cols), de = rlhf::to_backend(b, eos);
