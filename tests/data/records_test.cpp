@@ -4,6 +4,7 @@
 #include "test_support.hpp"
 
 #include <fstream>
+#include <iterator>
 #include <random>
 #include <string>
 #include <vector>
@@ -198,4 +199,45 @@ TEST_CASE("records: ranking_pairs gives C(K,2) pairs without ties and skips tied
                     Catch::Contains("rlhf::ranking_pairs") && Catch::Contains("'ranking.ranks'"));
   CHECK_THROWS_WITH(ranking_pairs(ranking_record{"p", {"x", "y"}, {0, -1}}),
                     Catch::Contains("'ranking.ranks[1]'"));
+}
+
+TEST_CASE("records: random edits of a valid rankings file load or are rejected naming file:line",
+          "[data][records][property]") {
+  // As the JSON parser's property test, one level up: bytes overwritten, inserted, erased or cut off in a valid
+  // rankings file; read_rankings returns records that keep the ranking rules, or throws rlhf::invalid_argument
+  // naming itself and the file.
+  test::temp_dir dir("rlhf_records");
+  const auto p = dir / "rankings.jsonl";
+  write_rankings(p, std::vector<ranking_record>{{"p1", {"A", "B", "C", "D"}, {1, 0, 2, 1}},
+                                                {"p2", {"x", "y", "z", "w"}, {0, 1, 2, 3}}});
+  std::ifstream in(p, std::ios::binary);
+  const std::string valid{std::istreambuf_iterator<char>(in), {}};
+  const std::string syntax = "{}[]\",:0123456789 \n";
+  auto g = rlhf::test::rng(74);
+  int loaded = 0, rejected = 0;
+  for (int trial = 0; trial < 600; ++trial) {
+    std::string text = valid;
+    for (int k = 0; k < 1 + trial % 3 && !text.empty(); ++k) {
+      const std::size_t at = g() % text.size();
+      switch (g() % 4) {
+        case 0: text[at] = static_cast<char>(g()); break;
+        case 1: text[at] = syntax[g() % syntax.size()]; break;
+        case 2: text.erase(at, 1 + g() % 4); break;
+        default: text.insert(at, 1, syntax[g() % syntax.size()]); break;
+      }
+    }
+    write_text(p, text);
+    try {
+      for (const auto& r : read_rankings(p)) {
+        REQUIRE(r.responses.size() >= 2);
+        REQUIRE(r.ranks.size() == r.responses.size());
+      }
+      ++loaded;
+    } catch (const rlhf::invalid_argument& e) {
+      ++rejected;
+      REQUIRE_THAT(std::string(e.what()), Catch::StartsWith("rlhf::read_rankings: " + p.string() + ":"));
+    }
+  }
+  CHECK(loaded > 0);
+  CHECK(rejected > loaded);
 }
