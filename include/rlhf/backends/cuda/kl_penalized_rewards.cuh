@@ -10,8 +10,8 @@
 /// elements l, l + 32, ... (coalesced) through rlhf::detail::kl_rewards_rows (rlhf/backends/kl_rewards_rows.hpp),
 /// the lanes' sums are added by shuffles and lane 0 stores the row's. The rows' statistics are folded by the
 /// backend's transform_reduce (a fixed order; rlhf::detail::kl_rewards_by_rows): the result does not depend
-/// on the launch. The generic path
-/// made two row reductions, two element passes and four reductions over [B, T] (Thrust launches).
+/// on the launch. The generic path made two row reductions, two element passes and four reductions over
+/// [B, T] (Thrust launches).
 ///
 /// CPU reference: the generic path of rlhf::kl_penalized_rewards (and the Eigen kernel);
 /// tests/backends/kl_rewards_rows_test.cpp replays this kernel's split of the rows and its order of sums on the
