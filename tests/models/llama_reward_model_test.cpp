@@ -54,6 +54,17 @@ TEMPLATE_LIST_TEST_CASE("llama_reward_model::scores: the head applied to the hid
   auto scores2 = allocate<T>(b, rows);
   rm.scores(b, as_const(tokens2.view()), as_const(lengths.view().flat()), scores2.view().flat());
   CHECK(to_host(b, scores2.view().flat()) == to_host(b, scores.view().flat()));
+  // clone: the same scores from separate storage, in the same attention memory mode; the copy moves alone.
+  rm.trunk().set_attention_memory(attention_memory::shared_softmax);
+  auto copy = rm.clone(b);
+  CHECK(copy.trunk().attention_memory_mode() == attention_memory::shared_softmax);
+  CHECK(copy.parameters().back().value.data != rm.parameters().back().value.data);
+  auto copy_scores = allocate<T>(b, rows);
+  copy.scores(b, as_const(tokens.view()), as_const(lengths.view().flat()), copy_scores.view().flat());
+  CHECK(to_host(b, copy_scores.view().flat()) == to_host(b, scores.view().flat()));
+  copy.add_to_bias(b, 1.0);
+  CHECK(rm.bias(b) == Approx(0.25));
+  CHECK(copy.bias(b) == Approx(1.25));
 }
 
 TEMPLATE_LIST_TEST_CASE("llama_reward_model::scores_backward: every parameter's gradient matches finite differences; ready reports",

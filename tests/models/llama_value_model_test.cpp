@@ -54,6 +54,23 @@ TEMPLATE_LIST_TEST_CASE("llama_value_model: value_model_from(rm) gives each acti
             Approx(static_cast<double>(to_host(b, s.view().flat())[0])).epsilon(tolerance<T>::rtol * 10).margin(1e-5));
     }
   }
+  // clone: an own trunk is copied (same values, separate storage); a shared trunk stays shared, the head copied.
+  const auto values_of = [&](llama_value_model<B, T>& m) {
+    auto out = allocate<T>(b, rows, cols);
+    m.values(b, as_const(tokens.view()), as_const(lengths.view().flat()), out.view());
+    return to_host(b, out.view());
+  };
+  auto critic_copy = critic.clone(b);
+  CHECK_FALSE(critic_copy.shares_trunk());
+  CHECK(&critic_copy.trunk() != &critic.trunk());
+  CHECK(critic_copy.trunk().attention_memory_mode() == attention_memory::logsumexp);
+  CHECK(values_of(critic_copy) == v);
+  auto on_policy = llama_value_model<B, T>::sharing_trunk(b, lm, 9);
+  auto on_policy_copy = on_policy.clone(b);
+  CHECK(on_policy_copy.shares_trunk());
+  CHECK(&on_policy_copy.trunk() == &lm);
+  CHECK(values_of(on_policy_copy) == values_of(on_policy));
+  CHECK(on_policy_copy.parameters().size() == 2);  // the head only: the trunk's belong to the policy
 }
 
 TEMPLATE_LIST_TEST_CASE("llama_value_model::values_backward: gradients match finite differences, own or shared trunk; ready reports",

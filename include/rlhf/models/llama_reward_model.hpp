@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "rlhf/backends/checks.hpp"
 #include "rlhf/backends/concepts.hpp"
@@ -88,6 +89,15 @@ class llama_reward_model {
     rm.trunk_.set_attention_memory(lm.attention_memory_mode());
     rm.head_.init_random(b, seed, head_stddev >= 0.0 ? head_stddev : default_head_stddev(lm.config()));
     return rm;
+  }
+
+  /// A deep copy: the trunk as llama_model::clone copies it and the head's values; gradients zero, no
+  /// gradient-ready callback. For keeping one round's reward model while the next round's trains
+  /// (InstructGPT repeats steps 2 and 3).
+  llama_reward_model clone(const B& b) const {
+    llama_reward_model copy(b, trunk_.clone(b));
+    copy.head_.copy_from(b, head_);
+    return copy;
   }
 
   /// The configuration of the trunk.
@@ -187,6 +197,9 @@ class llama_reward_model {
   static double default_head_stddev(const llama_config& c) { return 1.0 / std::sqrt(static_cast<double>(c.dim) + 1.0); }
 
  private:
+  llama_reward_model(const B& b, llama_model<B, T>&& trunk)
+      : trunk_(std::move(trunk)), head_(b, trunk_.config().dim, "score_head.") {}
+
   llama_model<B, T> trunk_;
   gradient_ready_callback gradients_ready_;
   scalar_head<B, T> head_;

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <string_view>
+#include <utility>
 
 #include "rlhf/backends/checks.hpp"
 #include "rlhf/backends/concepts.hpp"
@@ -69,6 +70,20 @@ class llama_value_model {
     v.trunk_->set_attention_memory(rm.trunk().attention_memory_mode());
     v.head_.copy_from(b, rm.head());
     return v;
+  }
+
+  /// A copy: with its own trunk, a deep copy (the trunk as llama_model::clone copies it, the head's values);
+  /// sharing a policy's trunk, a value model on the same trunk with a copy of the head (the trunk belongs to
+  /// the policy). Gradients zero, no gradient-ready callback.
+  llama_value_model clone(const B& b) const {
+    if (shares_trunk()) {
+      llama_value_model copy(b, *trunk_, 0.0, 0);
+      copy.head_.copy_from(b, head_);
+      return copy;
+    }
+    llama_value_model copy(b, std::make_unique<llama_model<B, T>>(trunk_->clone(b)));
+    copy.head_.copy_from(b, head_);
+    return copy;
   }
 
   /// A value head on the policy's own trunk (shared body), drawn from N(0, head_stddev^2) (default
@@ -157,6 +172,8 @@ class llama_value_model {
   }
 
  private:
+  llama_value_model(const B& b, std::unique_ptr<llama_model<B, T>> own)
+      : own_trunk_(std::move(own)), trunk_(own_trunk_.get()), head_(b, trunk_->config().dim, "value_head.") {}
   llama_value_model(const B& b, llama_model<B, T>& shared, double head_stddev, std::uint64_t seed)
       : trunk_(&shared), head_(b, shared.config().dim, "value_head.") {
     head_.init_random(b, seed, head_stddev);
