@@ -93,9 +93,10 @@ TEMPLATE_LIST_TEST_CASE("all_reduce_gradients: gradients adjacent in one buffer 
       offset += sizes[p];
     }
     params.push_back({"lone", values.view(), lone.view()});
-    const std::size_t half = second_host.size() / 2;
-    params.push_back({"b0", values.view(), matrix_view<T, S>{second.view().data, 1, half}});
-    params.push_back({"b1", values.view(), matrix_view<T, S>{second.view().data + half, 1, second_host.size() - half}});
+    const std::size_t first_part = second_host.size() / 2;
+    params.push_back({"b0", values.view(), matrix_view<T, S>{second.view().data, 1, first_part}});
+    params.push_back(
+        {"b1", values.view(), matrix_view<T, S>{second.view().data + first_part, 1, second_host.size() - first_part}});
     simulated_ranks comm;
     const gradient_all_reduce_stats st = all_reduce_gradients(comm, b, params);
     INFO("trial " << trial << ", first arena " << first_host.size() << " elements");

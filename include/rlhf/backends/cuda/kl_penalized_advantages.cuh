@@ -145,8 +145,10 @@ void rlhf_specialized_k1_kl_penalized_advantages(
   constexpr unsigned items = cuda_kernels::gae_items, warps = cuda_kernels::gae_warps_per_block;
   const unsigned blocks =
       detail::grid_blocks((rows + warps - 1) / warps, "rlhf::kl_penalized_advantages (CUDA kernel)");
+  // Every member named, the running state too (a -Wextra build of a user's .cu would flag the rest).
   const cuda_kernels::k1_kl_penalized_reward_source<T> source{
-      logp, ref_logp, mask, shaped_scores, kl, rewards, static_cast<T>(-beta), placement, row_sums.data()};
+      logp, ref_logp, mask, shaped_scores, kl, rewards, static_cast<T>(-beta), placement, row_sums.data(),
+      -1, T(0), 0.0, 0.0, masked_moments{}};
   cuda_kernels::gae_rows<T, items, warps><<<blocks, warps * cuda_kernels::warp_size, 0, b.stream()>>>(
       source, values, mask, gamma, gamma * lambda, advantages, returns);
   detail::cuda_check(cudaGetLastError(), "rlhf::kl_penalized_advantages (CUDA kernel)", "gae_rows<<<>>>");
