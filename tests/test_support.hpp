@@ -275,6 +275,22 @@ inline std::vector<rlhf::mask_type> random_mask(std::mt19937_64& g, std::size_t 
   return m;
 }
 
+/// `edits` random edits of a text, for the readers' property tests: a byte overwritten with any value or with one
+/// of `syntax`'s characters, a syntax character inserted, a run of 1 to 6 bytes erased, or the text cut off.
+inline std::string randomly_edited(std::mt19937_64& g, std::string text, int edits, const std::string& syntax) {
+  for (int k = 0; k < edits && !text.empty(); ++k) {
+    const std::size_t at = g() % text.size();
+    switch (g() % 5) {
+      case 0: text[at] = static_cast<char>(g()); break;
+      case 1: text[at] = syntax[g() % syntax.size()]; break;
+      case 2: text.insert(at, 1, syntax[g() % syntax.size()]); break;
+      case 3: text.erase(at, 1 + g() % 6); break;
+      default: text.resize(at); break;
+    }
+  }
+  return text;
+}
+
 /// Central finite-difference gradient of a scalar function of a vector (double precision).
 inline std::vector<double> numeric_gradient(const std::function<double(const std::vector<double>&)>& f,
                                             std::vector<double> x, double eps = 1e-6) {

@@ -294,17 +294,7 @@ TEST_CASE("json: random edits of a valid document parse or are rejected with a p
   auto g = rlhf::test::rng(73);
   int parsed = 0, rejected = 0;
   for (int trial = 0; trial < 2000; ++trial) {
-    std::string text = valid;
-    for (int k = 0; k < 1 + trial % 4 && !text.empty(); ++k) {
-      const std::size_t at = g() % text.size();
-      switch (g() % 5) {
-        case 0: text[at] = static_cast<char>(g()); break;
-        case 1: text[at] = syntax[g() % syntax.size()]; break;
-        case 2: text.insert(at, 1, syntax[g() % syntax.size()]); break;
-        case 3: text.erase(at, 1 + g() % 6); break;
-        default: text.resize(at); break;
-      }
-    }
+    const std::string text = rlhf::test::randomly_edited(g, valid, 1 + trial % 4, syntax);
     try {
       (void)parse_json(text);
       ++parsed;

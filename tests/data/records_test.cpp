@@ -216,17 +216,7 @@ TEST_CASE("records: random edits of a valid rankings file load or are rejected n
   auto g = rlhf::test::rng(74);
   int loaded = 0, rejected = 0;
   for (int trial = 0; trial < 600; ++trial) {
-    std::string text = valid;
-    for (int k = 0; k < 1 + trial % 3 && !text.empty(); ++k) {
-      const std::size_t at = g() % text.size();
-      switch (g() % 4) {
-        case 0: text[at] = static_cast<char>(g()); break;
-        case 1: text[at] = syntax[g() % syntax.size()]; break;
-        case 2: text.erase(at, 1 + g() % 4); break;
-        default: text.insert(at, 1, syntax[g() % syntax.size()]); break;
-      }
-    }
-    write_text(p, text);
+    write_text(p, rlhf::test::randomly_edited(g, valid, 1 + trial % 3, syntax));
     try {
       for (const auto& r : read_rankings(p)) {
         REQUIRE(r.responses.size() >= 2);
